@@ -1,0 +1,104 @@
+"""The sample contract: one dict that every dataset returns and every transform takes.
+
+Keys (constants below, never string literals elsewhere):
+
+* ``image``        float32 ``[C, H, W]`` — the (first) view, any band count.
+* ``mask``         int64 ``[H, W]`` — the training label, possibly noisy.
+* ``clean_mask``   int64 ``[H, W]`` — optional noise-free label (for evaluation / analysis).
+* ``image2``       float32 ``[C, H, W]`` — optional second view / temporal partner.
+* ``mask2``        int64 ``[H, W]`` — optional label of ``image2`` (noise-free, for dense losses).
+* ``noisy_pair``   bool scalar tensor — optional: the pair ``(image, image2)`` is a noisy positive.
+* ``meta``         dict of plain Python values (ids, paths, noise rates...). Collated as lists.
+
+Pixels whose label is unknown (no-data, unlabelled, ``un-classified``) carry :data:`IGNORE_INDEX`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+IGNORE_INDEX: int = 255
+"""Label of pixels that no loss or metric counts (uint8-friendly, as in xBD/LoveDA tooling)."""
+
+IMAGE = "image"
+MASK = "mask"
+CLEAN_MASK = "clean_mask"
+IMAGE2 = "image2"
+MASK2 = "mask2"
+NOISY_PAIR = "noisy_pair"
+META = "meta"
+
+Sample = dict[str, Any]
+
+
+def make_sample(
+    image: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor | None = None,
+    *,
+    clean_mask: np.ndarray | torch.Tensor | None = None,
+    image2: np.ndarray | torch.Tensor | None = None,
+    mask2: np.ndarray | torch.Tensor | None = None,
+    noisy_pair: bool | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Sample:
+    """Build a contract-conforming sample, converting dtypes once here.
+
+    Args:
+        image: ``[C, H, W]`` array, any numeric dtype; stored as float32.
+        mask: ``[H, W]`` integer labels; stored as int64.
+        clean_mask: optional noise-free ``[H, W]`` labels.
+        image2: optional second view ``[C, H, W]``.
+        mask2: optional ``[H, W]`` labels of ``image2``.
+        noisy_pair: optional flag, the pair is a noisy positive.
+        meta: optional dict of plain values.
+
+    Raises:
+        ValueError: when shapes break the contract.
+    """
+    img = _as_image(image, "image")
+    out: Sample = {IMAGE: img, META: dict(meta or {})}
+    if mask is not None:
+        out[MASK] = _as_mask(mask, img, "mask")
+    if clean_mask is not None:
+        out[CLEAN_MASK] = _as_mask(clean_mask, img, "clean_mask")
+    if image2 is not None:
+        out[IMAGE2] = _as_image(image2, "image2")
+        if out[IMAGE2].shape != img.shape:
+            raise ValueError(f"image2 has shape {tuple(out[IMAGE2].shape)} but image has {tuple(img.shape)}")
+    if mask2 is not None:
+        out[MASK2] = _as_mask(mask2, img, "mask2")
+    if noisy_pair is not None:
+        out[NOISY_PAIR] = torch.tensor(bool(noisy_pair))
+    return out
+
+
+def _as_image(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
+    if t.ndim != 3:
+        raise ValueError(f"{name} must be [C, H, W], got shape {tuple(t.shape)}")
+    return t.to(torch.float32)
+
+
+def _as_mask(x: np.ndarray | torch.Tensor, image: torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be [H, W], got shape {tuple(t.shape)}")
+    if tuple(t.shape) != tuple(image.shape[-2:]):
+        raise ValueError(f"{name} is {tuple(t.shape)} but image is {tuple(image.shape[-2:])}")
+    return t.to(torch.int64)
+
+
+def collate(samples: list[Sample]) -> Sample:
+    """Stack tensors, keep ``meta`` as a list of dicts (DataLoader ``collate_fn``)."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    out: Sample = {}
+    for key in samples[0]:
+        if key == META:
+            out[META] = [s.get(META, {}) for s in samples]
+        else:
+            out[key] = torch.stack([s[key] for s in samples])
+    return out
