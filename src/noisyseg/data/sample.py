@@ -8,6 +8,7 @@ Keys (constants below, never string literals elsewhere):
 * ``image2``       float32 ``[C, H, W]`` — optional second view / temporal partner.
 * ``mask2``        int64 ``[H, W]`` — optional label of ``image2`` (noise-free, for dense losses).
 * ``noisy_pair``   bool scalar tensor — optional: the pair ``(image, image2)`` is a noisy positive.
+* ``change_mask``  int64 ``[H, W]`` — optional change label of a temporal pair (1 changed, 0 not).
 * ``meta``         dict of plain Python values (ids, paths, noise rates...). Collated as lists.
 
 Pixels whose label is unknown (no-data, unlabelled, ``un-classified``) carry :data:`IGNORE_INDEX`.
@@ -29,6 +30,7 @@ CLEAN_MASK = "clean_mask"
 IMAGE2 = "image2"
 MASK2 = "mask2"
 NOISY_PAIR = "noisy_pair"
+CHANGE_MASK = "change_mask"
 META = "meta"
 
 Sample = dict[str, Any]
@@ -42,6 +44,7 @@ def make_sample(
     image2: np.ndarray | torch.Tensor | None = None,
     mask2: np.ndarray | torch.Tensor | None = None,
     noisy_pair: bool | None = None,
+    change_mask: np.ndarray | torch.Tensor | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Sample:
     """Build a contract-conforming sample, converting dtypes once here.
@@ -53,6 +56,7 @@ def make_sample(
         image2: optional second view ``[C, H, W]``.
         mask2: optional ``[H, W]`` labels of ``image2``.
         noisy_pair: optional flag, the pair is a noisy positive.
+        change_mask: optional ``[H, W]`` change labels of the pair.
         meta: optional dict of plain values.
 
     Raises:
@@ -70,6 +74,8 @@ def make_sample(
             raise ValueError(f"image2 has shape {tuple(out[IMAGE2].shape)} but image has {tuple(img.shape)}")
     if mask2 is not None:
         out[MASK2] = _as_mask(mask2, img, "mask2")
+    if change_mask is not None:
+        out[CHANGE_MASK] = _as_mask(change_mask, img, "change_mask")
     if noisy_pair is not None:
         out[NOISY_PAIR] = torch.tensor(bool(noisy_pair))
     return out
