@@ -1,0 +1,149 @@
+"""The encoder file: the one artifact that passes from pretraining to fine-tuning.
+
+A single ``.safetensors`` file: the encoder's state dict (smp/torchvision ResNet key names, no
+prefix) and, in the safetensors header, a JSON document under the key ``noisyseg``::
+
+    {"format": "noisyseg-encoder", "version": 1, "arch": "resnet18", "in_channels": 3,
+     "normalization": {"mean": [...], "std": [...]},
+     "trained": {"method": "supervised", "epochs": 5, "steps": 400, "seed": 0, ...},
+     "source": {"kind": "random" | "noisyseg" | "timm" | "torchvision" | "torchgeo", ...}}
+
+Safetensors holds no code, so an encoder file from a stranger cannot run anything when loaded
+(unlike a pickled checkpoint). Files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "noisyseg-encoder"
+VERSION = 1
+
+
+class EncoderFileError(ValueError):
+    """An encoder file is missing, corrupt, or does not fit the model."""
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path``; never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_encoder(
+    path: str | Path,
+    encoder: nn.Module,
+    arch: str,
+    normalization: dict[str, Any] | None = None,
+    trained: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``encoder``'s weights and metadata to ``path``.
+
+    Args:
+        path: output file (``.safetensors`` by convention).
+        encoder: the encoder module (its ``state_dict`` keys are stored as they are).
+        arch: architecture name, e.g. ``resnet18``.
+        normalization: per-band ``mean``/``std`` the inputs were normalised with.
+        trained: how the weights were trained (method, epochs, seed, dataset, ...).
+        source: where the initial weights came from (defaults to random initialisation).
+    """
+    state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "in_channels": int(encoder.conv1.weight.shape[1]),
+        "normalization": normalization,
+        "trained": trained or {},
+        "source": source or {"kind": "random"},
+    }
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"noisyseg": json.dumps(meta)}))
+
+
+def read_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an encoder file.
+
+    Returns:
+        ``(state_dict, metadata)``.
+
+    Raises:
+        EncoderFileError: when the file is missing, not safetensors, or has no noisyseg metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderFileError(f"encoder file {path} does not exist")
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EncoderFileError(f"encoder file {path} is not a readable safetensors file ({e})") from e
+    if "noisyseg" not in header:
+        raise EncoderFileError(
+            f"{path} is a safetensors file without noisyseg metadata; import foreign weights with "
+            "`noisyseg.interop.import_state_dict` instead"
+        )
+    try:
+        meta = json.loads(header["noisyseg"])
+    except json.JSONDecodeError as e:
+        raise EncoderFileError(f"encoder file {path} has corrupt metadata JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise EncoderFileError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return state, meta
+
+
+def load_encoder(encoder: nn.Module, path: str | Path, arch: str) -> dict[str, Any]:
+    """Load an encoder file into ``encoder`` with strict key matching.
+
+    Args:
+        encoder: the model's encoder (any decoder's; all share the key names).
+        path: encoder file.
+        arch: the model's architecture, checked against the file's.
+
+    Returns:
+        The file's metadata.
+
+    Raises:
+        EncoderFileError: when architecture, band count or keys do not match (saying both sides).
+    """
+    state, meta = read_encoder(path)
+    bands = int(encoder.conv1.weight.shape[1])
+    if meta["arch"] != arch:
+        raise EncoderFileError(f"encoder file {path} holds a {meta['arch']} encoder but the model is {arch}")
+    if int(meta["in_channels"]) != bands:
+        raise EncoderFileError(
+            f"encoder file {path} was trained on {meta['in_channels']} input bands but the model takes {bands}; "
+            "set the model's in_channels to match, or adapt the weights with `noisyseg.interop.adapt_first_conv`"
+        )
+    missing, unexpected = set(encoder.state_dict()) - set(state), set(state) - set(encoder.state_dict())
+    if missing or unexpected:
+        raise EncoderFileError(
+            f"encoder file {path} does not match the {arch} encoder: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    for k, v in encoder.state_dict().items():
+        if v.shape != state[k].shape:
+            raise EncoderFileError(f"encoder file {path}: {k} has shape {tuple(state[k].shape)}, model has {tuple(v.shape)}")
+    encoder.load_state_dict(state, strict=True)
+    return meta

@@ -1,0 +1,215 @@
+"""Supervised pixel contrastive losses (within-image and cross-image) of Zhao et al. 2021.
+
+For an anchor pixel i with positives P(i) (same label) and negatives N(i) (other labels), the
+loss of Zhao et al. (ICCV 2021, "Contrastive Learning for Label Efficient Semantic Segmentation",
+Sec. 3; google-research ``supervised_pixel_contrastive_loss/contrastive_loss.py``) is::
+
+    L_i = -1/|P(i)| sum_{p in P(i)} log( exp(s_ip/T) / (exp(s_ip/T) + sum_{n in N(i)} exp(s_in/T)) )
+
+i.e. a supervised contrastive loss over pixels (Khosla et al. 2020) whose denominator holds the
+one positive and the negatives only. Anchors are averaged per image, then images are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisyseg.distributed import gather, gather_no_grad, rank
+
+__all__ = ["CrossImageLoss", "WithinImageLoss", "downsample_labels"]
+
+
+def downsample_labels(mask: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of integer label maps to the feature grid.
+
+    Deviation: torch ``nearest`` (source index ``floor(i * H / S)``) instead of the reference's
+    TF ``resize_nearest_neighbor(align_corners=True)``; both keep labels as they are (no blending).
+
+    Args:
+        mask: ``[B, H, W]`` integer labels (ignore pixels included).
+        size: ``S`` or ``(S_h, S_w)``.
+
+    Returns:
+        ``[B, S_h, S_w]`` int64 labels.
+
+    Raises:
+        ValueError: ``mask`` is not 3-D.
+    """
+    if mask.ndim != 3:
+        raise ValueError(f"expected mask [B, H, W], got {tuple(mask.shape)}")
+    # float32 is exact for labels < 2**24
+    resized = F.interpolate(mask[:, None].float(), size=size, mode="nearest")  # [B, 1, S, S]
+    return resized[:, 0].round().long()  # [B, S, S]
+
+
+class _PixelContrast(nn.Module):
+    """Shared arguments and the masked loss core of the two dense losses."""
+
+    def __init__(self, temperature: float = 0.07, ignore_index: int = 255, binarize: bool = False):
+        super().__init__()
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature={temperature} must be a positive finite number")
+        self.temperature = float(temperature)
+        self.ignore_index = int(ignore_index)
+        self.binarize = bool(binarize)
+
+    def _prepare(self, features: Tensor, labels: Tensor, name: str) -> tuple[Tensor, Tensor]:
+        """``[B, D, S, S]``, ``[B, S, S]`` -> unit pixel features ``[B, S*S, D]``, labels ``[B, S*S]``."""
+        if features.ndim != 4 or labels.shape != (features.shape[0], *features.shape[2:]):
+            raise ValueError(
+                f"{name}: expected features [B, D, S, S] and labels [B, S, S] on the same grid, got "
+                f"{tuple(features.shape)} and {tuple(labels.shape)}; resize labels with "
+                "noisyseg.losses.dense.downsample_labels"
+            )
+        f = F.normalize(features.float(), dim=1)  # [B, D, S, S] unit vector per pixel
+        f = f.flatten(2).transpose(1, 2)  # [B, S*S, D]
+        lab = labels.flatten(1).long()  # [B, S*S]
+        if self.binarize:  # xBD in the paper: background vs building, ignore stays ignore
+            lab = torch.where(lab == self.ignore_index, lab, (lab > 0).long())
+        return f, lab
+
+    def _loss(self, f: Tensor, lab: Tensor, n_anchor: int, neg_cols: Tensor) -> Tensor:
+        """Masked loss of the first ``n_anchor`` pixels of each set against all ``M`` pixels.
+
+        Args:
+            f: ``[B, M, D]`` unit features of each image's pixel set; anchors come first.
+            lab: ``[B, M]`` labels.
+            n_anchor: A, the number of leading pixels that are anchors.
+            neg_cols: ``[M]`` bool, which pixels may serve as negatives.
+        """
+        a = n_anchor
+        logits = f[:, :a] @ f.transpose(1, 2) / self.temperature  # [B, A, M] fp32
+        valid = lab != self.ignore_index  # [B, M]: ignore pixels are neither anchors nor contrasts
+        pair = valid[:, :a, None] & valid[:, None, :]  # [B, A, M]
+        idx = torch.arange(a, device=f.device)
+        pair[:, idx, idx] = False  # mask self-similarity
+        # Deviation: the reference keeps i itself among i's positives (its mask is labels == labels).
+        same = lab[:, :a, None] == lab[:, None, :]  # [B, A, M]
+        pos = same & pair  # [B, A, M]
+        neg = ~same & pair & neg_cols  # [B, A, M]
+        # log sum_n exp(s_in/T); logsumexp subtracts the row max. Rows without negatives give -inf,
+        # whose NaN gradient is dropped by the where() backward.
+        neg_lse = torch.logsumexp(torch.where(neg, logits, -math.inf), dim=-1)  # [B, A]
+        per_pos = torch.logaddexp(logits, neg_lse[..., None]) - logits  # [B, A, M] -log ratio
+        n_pos = pos.sum(-1)  # [B, A]
+        anchor_loss = torch.where(pos, per_pos, 0.0).sum(-1) / n_pos.clamp(min=1)  # [B, A]
+        has_pos = n_pos > 0  # [B, A]: anchors with no positive leave the mean
+        n_anchors = has_pos.sum(-1)  # [B]
+        image_loss = anchor_loss.sum(-1) / n_anchors.clamp(min=1)  # [B] (zeros where excluded)
+        has_anchor = n_anchors > 0  # [B]
+        if not bool(has_anchor.any()):
+            return f.sum() * 0.0  # keeps the graph (DDP) and means "nothing to contrast"
+        # Deviation: the reference averages over all images, counting anchor-less ones as 0.
+        return image_loss[has_anchor].mean()
+
+
+class WithinImageLoss(_PixelContrast):
+    """Within-image supervised pixel contrastive loss (Zhao et al. 2021).
+
+    For each image the pixels of both augmented views form one set; an anchor's positives are the
+    other pixels of the set with its label, its negatives those with another label. See the module
+    docstring for the formula and reference code.
+
+    Deviation: the reference computes the within-image loss on each view separately and sums the
+    two; here both views of an image form one set, so pixels are also contrasted across views.
+
+    Args:
+        temperature: softmax temperature (paper: 0.07).
+        ignore_index: label of pixels that are neither anchors nor contrasts.
+        binarize: map labels > 0 to 1 (background vs building, as the paper does for xBD).
+
+    Raises:
+        ValueError: non-positive temperature.
+    """
+
+    def forward(self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor) -> Tensor:
+        """Loss of one batch.
+
+        Args:
+            features1: ``[B, D, S, S]`` projected features of view 1.
+            features2: ``[B, D, S, S]`` projected features of view 2 (same images, same order).
+            labels1: ``[B, S, S]`` labels of view 1 on the feature grid.
+            labels2: ``[B, S, S]`` labels of view 2 on the feature grid.
+
+        Returns:
+            Scalar fp32 loss.
+
+        Raises:
+            ValueError: mismatched shapes.
+        """
+        if features1.shape != features2.shape:
+            raise ValueError(f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}")
+        with torch.autocast(device_type=features1.device.type, enabled=False):
+            f1, l1 = self._prepare(features1, labels1, "view 1")  # [B, P, D], [B, P]
+            f2, l2 = self._prepare(features2, labels2, "view 2")
+            f = torch.cat([f1, f2], dim=1)  # [B, 2P, D]
+            lab = torch.cat([l1, l2], dim=1)  # [B, 2P]
+            all_cols = torch.ones(f.shape[1], dtype=torch.bool, device=f.device)  # [2P]
+            return self._loss(f, lab, f.shape[1], all_cols)
+
+
+class CrossImageLoss(_PixelContrast):
+    """Cross-image supervised pixel contrastive loss (Zhao et al. 2021).
+
+    Each image's set (the pixels of both its views, which are the anchors) is joined by the
+    view-2 pixels of a partner image: the next image of the global batch (index + 1, wrapping;
+    gathered across ranks, so the partner may live on another rank and gets gradients through
+    the gather). Same-label partner pixels are extra positives. As in the reference, negatives
+    come from the anchor's own image only (``negatives_from_partner=False``), so the partner
+    adds positives of the same class seen in another context; set it to also take the partner's
+    other-label pixels as negatives.
+
+    Deviations from the reference: the partner is a fixed roll by one (the reference draws a random
+    shuffle, which can pair an image with itself); only the image's own pixels are anchors (the
+    reference also anchors on the partner's pixels, which here are anchors in their own set); the
+    own set holds both views, as in :class:`WithinImageLoss`.
+
+    Args:
+        temperature: softmax temperature (paper: 0.07).
+        ignore_index: label of pixels that are neither anchors nor contrasts.
+        binarize: map labels > 0 to 1 (background vs building, as the paper does for xBD).
+        negatives_from_partner: also use the partner's other-label pixels as negatives.
+
+    Raises:
+        ValueError: non-positive temperature.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        ignore_index: int = 255,
+        binarize: bool = False,
+        negatives_from_partner: bool = False,
+    ) -> None:
+        super().__init__(temperature, ignore_index, binarize)
+        self.negatives_from_partner = bool(negatives_from_partner)
+
+    def forward(self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor) -> Tensor:
+        """Loss of one batch; see :meth:`WithinImageLoss.forward` for the arguments.
+
+        Raises:
+            ValueError: mismatched shapes, or fewer than 2 images in the global batch.
+        """
+        if features1.shape != features2.shape:
+            raise ValueError(f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}")
+        with torch.autocast(device_type=features1.device.type, enabled=False):
+            f1, l1 = self._prepare(features1, labels1, "view 1")  # [B, P, D], [B, P]
+            f2, l2 = self._prepare(features2, labels2, "view 2")
+            b, p = l1.shape
+            f2_all = gather(f2)  # [W*B, P, D], gradients reach the local shard
+            l2_all = gather_no_grad(l2)  # [W*B, P]
+            n_global = f2_all.shape[0]
+            if n_global < 2:
+                raise ValueError(
+                    f"CrossImageLoss needs at least 2 images in the global batch, got {n_global}"
+                )
+            partner = (torch.arange(b, device=f1.device) + rank() * b + 1) % n_global  # [B]
+            f = torch.cat([f1, f2, f2_all[partner]], dim=1)  # [B, 3P, D]
+            lab = torch.cat([l1, l2, l2_all[partner]], dim=1)  # [B, 3P]
+            neg_cols = torch.ones(3 * p, dtype=torch.bool, device=f.device)  # [3P]
+            neg_cols[2 * p :] = self.negatives_from_partner
+            return self._loss(f, lab, 2 * p, neg_cols)

@@ -1,0 +1,205 @@
+"""InfoNCE with a key queue (MoCo v2), optionally false-negative aware (FALSE).
+
+One public loss, :class:`InfoNCELoss`, plus :func:`detect_false_negatives`, the FNSD step of FALSE
+exposed on its own so it can be tested on hand-built similarities.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisyseg.distributed import gather, rank
+
+__all__ = ["FALSE_NEGATIVE_MODES", "InfoNCELoss", "detect_false_negatives"]
+
+FalseNegativeMode = Literal["none", "reference", "per_anchor"]
+FALSE_NEGATIVE_MODES: tuple[str, ...] = ("none", "reference", "per_anchor")
+
+
+def _check_cosine(name: str, value: float) -> None:
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value} is a cosine similarity threshold; valid: [-1, 1]")
+
+
+@torch.no_grad()
+def detect_false_negatives(
+    pos_sim: Tensor,
+    neg_sim: Tensor,
+    mode: FalseNegativeMode,
+    threshold: float = 0.9,
+    positive_min: float = 0.9,
+) -> Tensor:
+    """False-negative sample detection (FNSD of FALSE, Zhang et al. 2022) on cosine similarities.
+
+    * ``"none"``: nothing is flagged.
+    * ``"reference"``: over the whole batch, the single (anchor, negative) pair whose similarity is
+      closest to that anchor's positive similarity; kept only if that anchor's positive cosine is
+      ``>= positive_min`` (GeoX-Lab/FALSE ``vissl/losses/false_loss.py``: select, then check).
+    * ``"per_anchor"``: for every anchor, its most similar negative when that cosine is
+      ``> threshold`` (our variant: one candidate per anchor instead of one per batch).
+
+    Args:
+        pos_sim: ``[N]`` cosine of each anchor with its positive.
+        neg_sim: ``[N, K]`` cosine of each anchor with each of its negatives.
+        mode: one of :data:`FALSE_NEGATIVE_MODES`.
+        threshold: per-anchor cosine threshold (``per_anchor`` mode).
+        positive_min: least positive cosine for the reference pair to be accepted.
+
+    Returns:
+        ``[N, K]`` bool mask, ``True`` where the negative is treated as a false negative.
+
+    Raises:
+        ValueError: unknown ``mode``, thresholds outside ``[-1, 1]`` or mismatched shapes.
+    """
+    if mode not in FALSE_NEGATIVE_MODES:
+        raise ValueError(f"false-negative mode {mode!r} is unknown; valid: {FALSE_NEGATIVE_MODES}")
+    _check_cosine("threshold", threshold)
+    _check_cosine("positive_min", positive_min)
+    if pos_sim.ndim != 1 or neg_sim.ndim != 2 or neg_sim.shape[0] != pos_sim.shape[0]:
+        raise ValueError(
+            f"expected pos_sim [N] and neg_sim [N, K], got {tuple(pos_sim.shape)} and "
+            f"{tuple(neg_sim.shape)}"
+        )
+    n, k = neg_sim.shape
+    mask = torch.zeros(n, k, dtype=torch.bool, device=neg_sim.device)  # [N, K]
+    if mode == "none" or n == 0 or k == 0:
+        return mask
+    if mode == "reference":
+        # Deviation: closeness is |cos_neg - cos_pos|; the reference compares exp(cos/T) values,
+        # which favours anchors with a low positive similarity and depends on T. It also searches
+        # only the upper triangle j > i of its 2N x 2N local matrix and applies every tied pair;
+        # we search all negatives and keep the first minimum (exactly one pair per batch).
+        gap = (neg_sim - pos_sim[:, None]).abs()  # [N, K]
+        flat = int(torch.argmin(gap))  # index into N*K
+        anchor = flat // k
+        mask.view(-1)[flat] = bool(pos_sim[anchor] >= positive_min)  # accept or drop the pair
+        return mask
+    best, idx = neg_sim.max(dim=1)  # [N], [N]: each anchor's most similar negative
+    mask.scatter_(1, idx[:, None], (best > threshold)[:, None])  # [N, K]
+    return mask
+
+
+class InfoNCELoss(nn.Module):
+    """InfoNCE over a query/key pair and a queue of negatives, with optional FALSE calibration.
+
+    ``loss = -mean_i log( (exp(s_i+/T) + a * sum_{j in FN(i)} exp(s_ij/T))
+                          / (exp(s_i+/T) + sum_j exp(s_ij/T)) )``
+
+    With ``false_negative="none"`` this is MoCo's eq. 1 (He et al., CVPR 2020, "Momentum Contrast
+    for Unsupervised Visual Representation Learning"; van den Oord et al. 2018, InfoNCE) with the
+    MoCo v2 defaults (Chen et al. 2020; facebookresearch/moco ``moco/builder.py``). Otherwise the
+    false negatives ``FN(i)`` found by :func:`detect_false_negatives` (FNSD) are calibrated as in
+    FALSE's FNCC (Zhang et al., IEEE GRSL 2022, "FALSE: False Negative Samples Aware Contrastive
+    Learning for Semantic Segmentation of High-Resolution Remote Sensing Image"; GeoX-Lab/FALSE
+    ``vissl/losses/false_loss.py``): a share ``alpha`` of a false negative's exp-logit moves from
+    the negative term into the numerator, and the denominator keeps every term at full weight, so
+    ``alpha=0`` reproduces plain InfoNCE exactly.
+
+    Negatives are the rows of ``queue`` when one is given (MoCo). Without a queue they are the other
+    keys of the batch gathered across ranks (N_global - 1 per query; SimCLR/MoCo v3 style), and
+    gradients flow into ``k`` through the gather; detach ``k`` yourself for a momentum encoder.
+
+    Args:
+        temperature: softmax temperature T (MoCo v2: 0.2; FALSE config: 0.5).
+        false_negative: ``"none"``, ``"reference"`` or ``"per_anchor"`` (see
+            :func:`detect_false_negatives`).
+        alpha: FNCC confidence weight in ``[0, 1]`` (FALSE config ``confidence_weight: 1``).
+        threshold: ``per_anchor`` mode cosine threshold.
+        positive_min: ``reference`` mode least positive cosine (FALSE ``positive_threshold``).
+
+    Raises:
+        ValueError: non-positive temperature, unknown mode, ``alpha`` outside ``[0, 1]`` or
+            thresholds outside ``[-1, 1]``.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.2,
+        false_negative: FalseNegativeMode = "none",
+        alpha: float = 1.0,
+        threshold: float = 0.9,
+        positive_min: float = 0.9,
+    ) -> None:
+        super().__init__()
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature={temperature} must be a positive finite number")
+        if false_negative not in FALSE_NEGATIVE_MODES:
+            raise ValueError(
+                f"false_negative={false_negative!r} is unknown; valid: {FALSE_NEGATIVE_MODES}"
+            )
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} is the FNCC confidence weight; valid: [0, 1]")
+        _check_cosine("threshold", threshold)
+        _check_cosine("positive_min", positive_min)
+        self.temperature = float(temperature)
+        self.false_negative = false_negative
+        self.alpha = float(alpha)
+        self.threshold = float(threshold)
+        self.positive_min = float(positive_min)
+
+    def forward(self, q: Tensor, k: Tensor, queue: Tensor | None = None) -> Tensor:
+        """Mean loss over the local queries.
+
+        Args:
+            q: ``[N, D]`` queries (any scale; L2-normalised here).
+            k: ``[N, D]`` positive keys, row i for query i (L2-normalised here).
+            queue: ``[K, D]`` negatives, or ``None`` to use the other keys of the global batch.
+
+        Returns:
+            Scalar fp32 loss.
+
+        Raises:
+            ValueError: mismatched shapes, or no queue and a global batch of one key.
+        """
+        if q.ndim != 2 or q.shape != k.shape:
+            raise ValueError(f"expected q and k of shape [N, D], got {tuple(q.shape)}, {tuple(k.shape)}")
+        if queue is not None and (queue.ndim != 2 or queue.shape[1] != q.shape[1]):
+            raise ValueError(f"expected queue [K, {q.shape[1]}], got {tuple(queue.shape)}")
+        n = q.shape[0]
+        # logits in fp32 even under bf16 autocast: bf16 rounds a logit of 1/T=5 to steps of 0.03
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q = F.normalize(q.float(), dim=1)  # [N, D]
+            k = F.normalize(k.float(), dim=1)  # [N, D]
+            cos_pos = torch.einsum("nc,nc->n", q, k)  # positive logits: N (cosine)
+            if queue is not None:
+                negatives = F.normalize(queue.detach().float(), dim=1)  # [K, D]
+                cos_neg = q @ negatives.T  # negative logits: NxK
+            else:
+                k_all = gather(k)  # [W*N, D], gradients reach the local shard
+                if k_all.shape[0] < 2:
+                    raise ValueError(
+                        "InfoNCELoss without a queue needs at least 2 keys in the global batch, "
+                        f"got {k_all.shape[0]}"
+                    )
+                cos_all = q @ k_all.T  # [N, W*N]
+                own = torch.arange(n, device=q.device) + rank() * n  # [N] column of each positive
+                keep = torch.ones_like(cos_all, dtype=torch.bool)  # [N, W*N]
+                keep[torch.arange(n, device=q.device), own] = False
+                cos_neg = cos_all[keep].view(n, -1)  # negative logits: Nx(W*N-1)
+            logits = torch.cat([cos_pos[:, None], cos_neg], dim=1) / self.temperature  # [N, 1+K]
+            log_den = torch.logsumexp(logits, dim=1)  # [N], max-subtracted inside
+            if self.false_negative == "none":
+                log_num = logits[:, 0]  # [N]
+            else:
+                fn = detect_false_negatives(
+                    cos_pos.detach(), cos_neg.detach(), self.false_negative,
+                    self.threshold, self.positive_min,
+                )  # [N, K]
+                log_alpha = math.log(self.alpha) if self.alpha > 0 else -math.inf
+                fn_logits = torch.where(
+                    fn, logits[:, 1:] + log_alpha, torch.full_like(logits[:, 1:], -math.inf)
+                )  # [N, K]: log(alpha * exp(s_ij/T)) on false negatives, -inf elsewhere
+                # FNCC numerator: exp(s+/T) + alpha * exp(s_fn/T). With alpha=0 (or no FN) every
+                # extra term is -inf and logsumexp returns logits[:, 0] bit for bit.
+                log_num = torch.logsumexp(
+                    torch.cat([logits[:, :1], fn_logits], dim=1), dim=1
+                )  # [N]
+                # Denominator unchanged (log_den above), as in the reference: it adds alpha*e to
+                # the positive sum and (1-alpha)*e to the negative sum, so pos+neg keeps e whole.
+                # Deviation: log-sum-exp instead of the reference's raw exp() sums (overflow).
+            return (log_den - log_num).mean()

@@ -1,0 +1,67 @@
+"""Cross-entropy + Dice, the supervised noisy-label pretraining loss of Liu et al. (arXiv 2402.16164).
+
+Dice is segmentation_models_pytorch's multiclass soft Dice (batch-wise per class, classes absent
+from the target contribute 0, mean over classes). Both terms skip ``ignore_index`` pixels.
+Computed in fp32 even under bf16 autocast: softmax over a few classes in bf16 loses the small
+probabilities Dice depends on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
+from torch import nn
+
+from noisyseg.data.sample import IGNORE_INDEX
+
+
+class CEDiceLoss(nn.Module):
+    """``ce_weight * CE + dice_weight * Dice`` on logits ``[B, K, H, W]`` and labels ``[B, H, W]``.
+
+    Args:
+        ce_weight: weight of cross-entropy (>= 0).
+        dice_weight: weight of Dice (>= 0); Liu et al. use equal weights.
+        class_weights: optional per-class CE weights (e.g. inverse frequency).
+        ignore_index: label skipped by both terms.
+
+    Raises:
+        ValueError: for negative weights or both weights zero.
+    """
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        class_weights: Sequence[float] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__()
+        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
+            raise ValueError(f"ce_weight={ce_weight} and dice_weight={dice_weight} must be >= 0 and not both 0")
+        self.ce_weight, self.dice_weight, self.ignore_index = ce_weight, dice_weight, ignore_index
+        w = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
+        self.register_buffer("class_weights", w)
+        self.dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # B x K x H x W, fp32 for softmax / log-softmax
+        if self.class_weights is not None and self.class_weights.numel() != logits.shape[1]:
+            raise ValueError(f"{self.class_weights.numel()} class weights for {logits.shape[1]} classes")
+        loss = logits.new_zeros(())
+        if self.ce_weight:
+            loss = loss + self.ce_weight * F.cross_entropy(
+                logits, target, weight=self.class_weights, ignore_index=self.ignore_index
+            )
+        if self.dice_weight:
+            loss = loss + self.dice_weight * self.dice(logits, target)
+        return loss
+
+
+def inverse_frequency_weights(counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Class weights ``N / (K * n_k)`` (1 for a balanced set); absent classes get weight 0."""
+    c = torch.as_tensor(counts, dtype=torch.float64)
+    w = torch.where(c > 0, c.sum() / (len(c) * c.clamp_min(1)), torch.zeros_like(c))
+    return w.float()

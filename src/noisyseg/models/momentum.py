@@ -1,0 +1,249 @@
+"""Momentum (EMA) encoders, their schedule, MoCo's key queue and its BatchNorm treatment.
+
+* :func:`momentum_update` — EMA of an online network into its target (MoCo key encoder, DINO
+  teacher); :func:`cosine_schedule` — the momentum as a pure function of the step.
+* :class:`KeyQueue` — MoCo's FIFO dictionary of negative keys.
+* :func:`batch_shuffle` / :func:`batch_unshuffle` / :func:`forward_in_chunks` — keep the key
+  encoder's BatchNorm from leaking which samples are positives ("shuffling BN", MoCo Sec. 3.3).
+
+He et al., CVPR 2020, "Momentum Contrast for Unsupervised Visual Representation Learning";
+facebookresearch/moco ``moco/builder.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisyseg.distributed import gather_no_grad, is_dist, rank, world_size
+
+__all__ = [
+    "KeyQueue",
+    "batch_shuffle",
+    "batch_unshuffle",
+    "cosine_schedule",
+    "forward_in_chunks",
+    "momentum_update",
+]
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
+    """``target <- m * target + (1 - m) * online`` for parameters; buffers are copied.
+
+    ``m=0`` copies, ``m=1`` keeps the target (both exactly: ``lerp`` hits its end points).
+    Buffers (BatchNorm running statistics, counters) are copied from ``online`` rather than
+    averaged. Deviation: MoCo lets the key encoder keep its own BN statistics; copying them makes
+    the target's eval-mode statistics those of the network it tracks (BYOL/DINO practice).
+
+    Args:
+        online: the network trained by gradients.
+        target: the momentum network with the same architecture (parameter names in order).
+        m: momentum in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``m`` outside ``[0, 1]`` or networks with different parameters/buffers.
+    """
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum m={m} is outside [0, 1]")
+    online_params = dict(online.named_parameters())
+    target_params = dict(target.named_parameters())
+    online_buffers = dict(online.named_buffers())
+    target_buffers = dict(target.named_buffers())
+    if online_params.keys() != target_params.keys() or online_buffers.keys() != target_buffers.keys():
+        raise ValueError("online and target networks differ in parameter or buffer names")
+    for name, p_t in target_params.items():
+        p_t.lerp_(online_params[name].detach(), 1.0 - m)  # p_t + (1 - m) * (p_o - p_t)
+    for name, b_t in target_buffers.items():
+        b_t.copy_(online_buffers[name])
+
+
+def cosine_schedule(step: int, total_steps: int, base: float, final: float) -> float:
+    """Cosine ramp from ``base`` at step 0 to ``final`` at ``total_steps`` (held afterwards).
+
+    ``base + (final - base) * (1 - cos(pi * step / total_steps)) / 2`` — the momentum schedule of
+    BYOL (Grill et al. 2020) and DINO (facebookresearch/dino ``utils.cosine_scheduler``, whose
+    array stops one step short of ``final``; here ``step == total_steps`` returns ``final``).
+
+    Raises:
+        ValueError: ``total_steps < 1`` or ``step < 0``.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps={total_steps} must be >= 1")
+    if step < 0:
+        raise ValueError(f"step={step} must be >= 0")
+    w = (1.0 - math.cos(math.pi * min(step, total_steps) / total_steps)) / 2.0  # 0 -> 1
+    return base * (1.0 - w) + final * w  # exact end points: w is exactly 0 and 1 there
+
+
+class KeyQueue(nn.Module):
+    """FIFO queue of L2-normalised keys used as negatives (MoCo's dictionary).
+
+    ``queue`` is a ``[K, D]`` buffer initialised with normalised Gaussian vectors and ``ptr`` the
+    row the next key goes to. :meth:`enqueue` gathers the keys of all ranks first, so every rank
+    holds the same queue. A global batch that does not divide ``K`` wraps around the end (choice:
+    wrap rather than require ``K % global_batch == 0`` as the reference asserts), so the queue
+    always holds the ``K`` most recent keys, oldest at ``ptr``. A global batch larger than ``K``
+    is rejected (:meth:`check_batch`).
+
+    Args:
+        dim: D, key dimension.
+        size: K, number of keys (MoCo: 65536).
+
+    Raises:
+        ValueError: ``dim`` or ``size`` below 1.
+    """
+
+    queue: Tensor
+    ptr: Tensor
+
+    def __init__(self, dim: int, size: int) -> None:
+        super().__init__()
+        if dim < 1 or size < 1:
+            raise ValueError(f"KeyQueue needs dim >= 1 and size >= 1, got dim={dim}, size={size}")
+        self.dim = int(dim)
+        self.size = int(size)
+        self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=1))  # [K, D]
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next row to write
+
+    def check_batch(self, batch_size: int, world_size: int = 1) -> None:
+        """Reject a global batch the queue cannot hold.
+
+        Raises:
+            ValueError: ``batch_size * world_size`` is larger than the queue size, or either is < 1.
+        """
+        if batch_size < 1 or world_size < 1:
+            raise ValueError(
+                f"batch_size={batch_size} and world_size={world_size} must both be >= 1"
+            )
+        global_batch = batch_size * world_size
+        if self.size < global_batch:
+            raise ValueError(
+                f"queue size {self.size} is smaller than the global batch: batch_size={batch_size} "
+                f"x world_size={world_size} = {global_batch}; valid: queue size >= {global_batch}"
+            )
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Gather ``keys`` across ranks and write them at the pointer, wrapping at the end.
+
+        Args:
+            keys: ``[N, D]`` keys of this rank (normalised here, stored without gradients).
+
+        Raises:
+            ValueError: wrong shape, or a global batch larger than the queue.
+        """
+        if keys.ndim != 2 or keys.shape[1] != self.dim:
+            raise ValueError(f"expected keys [N, {self.dim}], got {tuple(keys.shape)}")
+        self.check_batch(keys.shape[0], world_size())
+        keys = gather_no_grad(keys)  # [W*N, D]
+        keys = F.normalize(keys.to(self.queue.dtype), dim=1)  # [W*N, D]
+        rows = (self.ptr + torch.arange(keys.shape[0], device=self.ptr.device)) % self.size  # [W*N]
+        self.queue.index_copy_(0, rows.to(self.queue.device), keys)  # replace the oldest keys
+        self.ptr.fill_((int(self.ptr) + keys.shape[0]) % self.size)  # move pointer
+
+    def snapshot(self) -> Tensor:
+        """``[K, D]`` detached copy of the queue, safe to use in a loss before :meth:`enqueue`."""
+        return self.queue.detach().clone()
+
+    def ordered(self) -> Tensor:
+        """``[K, D]`` copy of the queue from the oldest key to the newest."""
+        return torch.roll(self.queue.detach(), shifts=-int(self.ptr), dims=0)
+
+
+def batch_shuffle(x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Permute a batch before the key encoder (MoCo ``_batch_shuffle_ddp``).
+
+    Under DDP this is the reference's cross-process shuffle: gather the global batch, permute it
+    with an index drawn on rank 0 and broadcast, and keep this rank's slice, so each rank's BN
+    sees a different mix of samples than the query encoder (no gradient through the gather; use
+    it on the key encoder's input only). In one process it is a random permutation; that alone
+    does not change BN statistics, so follow it with :func:`forward_in_chunks`.
+
+    Args:
+        x: ``[N, ...]`` the local batch.
+        generator: optional CPU generator for the permutation (rank 0's under DDP).
+
+    Returns:
+        ``x_shuffled [N, ...]`` and ``idx_unshuffle`` (``[N]`` one process, ``[W*N]`` under DDP)
+        for :func:`batch_unshuffle`.
+    """
+    if not is_dist() or world_size() == 1:
+        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)  # [N]
+        return x[perm], torch.argsort(perm)  # [N, ...], [N]
+    x_all = gather_no_grad(x)  # [W*N, ...]
+    n_all = x_all.shape[0]
+    idx_shuffle = torch.randperm(n_all, generator=generator).to(x.device)  # [W*N]
+    dist.broadcast(idx_shuffle, src=0)  # every rank uses rank 0's permutation
+    idx_unshuffle = torch.argsort(idx_shuffle)  # [W*N]
+    idx_this = idx_shuffle.view(world_size(), -1)[rank()]  # [N] shuffled indices for this rank
+    return x_all[idx_this], idx_unshuffle
+
+
+def batch_unshuffle(x: Tensor, idx_unshuffle: Tensor) -> Tensor:
+    """Undo :func:`batch_shuffle` on the key encoder's output (MoCo ``_batch_unshuffle_ddp``).
+
+    Args:
+        x: ``[N, ...]`` outputs computed on the shuffled batch.
+        idx_unshuffle: the index returned by :func:`batch_shuffle`.
+
+    Returns:
+        ``[N, ...]`` in the original order of this rank's batch.
+
+    Raises:
+        ValueError: an index of the wrong length.
+    """
+    w = world_size() if is_dist() else 1
+    if idx_unshuffle.shape != (x.shape[0] * w,):
+        raise ValueError(
+            f"idx_unshuffle of shape {tuple(idx_unshuffle.shape)} does not match a batch of "
+            f"{x.shape[0]} on {w} process(es); pass the index batch_shuffle returned"
+        )
+    if w == 1:
+        return x[idx_unshuffle]  # [N, ...]
+    x_all = gather_no_grad(x)  # [W*N, ...]
+    idx_this = idx_unshuffle.view(w, -1)[rank()]  # [N]
+    return x_all[idx_this]
+
+
+def _concat(outputs: list[Any]) -> Any:
+    """Concatenate per-chunk outputs along dim 0: tensors, sequences or mappings of tensors."""
+    first = outputs[0]
+    if isinstance(first, Tensor):
+        return torch.cat(outputs, dim=0)
+    if isinstance(first, Mapping):
+        return {key: _concat([o[key] for o in outputs]) for key in first}
+    if isinstance(first, Sequence) and not isinstance(first, str):
+        return type(first)(_concat(list(parts)) for parts in zip(*outputs))
+    raise TypeError(f"forward_in_chunks cannot concatenate outputs of type {type(first).__name__}")
+
+
+def forward_in_chunks(module: nn.Module, x: Tensor, chunks: int) -> Any:
+    """Run ``module`` on ``chunks`` consecutive sub-batches of ``x`` and concatenate the outputs.
+
+    After :func:`batch_shuffle`, each BatchNorm layer in train mode normalises each sub-batch with
+    that sub-batch's statistics, so a query and its key are normalised with different sample
+    mixes: the single-device stand-in for MoCo's multi-GPU shuffling BN (as SplitBatchNorm in
+    the MoCo CIFAR demo). Note that running statistics get ``chunks`` momentum updates per call.
+
+    Args:
+        module: e.g. the key encoder (+ head); outputs may be a tensor, or a list/tuple/dict of
+            tensors (an encoder's feature pyramid), each with the batch on dim 0.
+        x: ``[N, ...]`` input batch.
+        chunks: number of sub-batches, in ``[1, N]``.
+
+    Returns:
+        The module's output for the whole batch, in the order of ``x``.
+
+    Raises:
+        ValueError: ``chunks`` outside ``[1, N]``.
+    """
+    if not 1 <= chunks <= x.shape[0]:
+        raise ValueError(f"chunks={chunks} must lie in [1, batch size {x.shape[0]}]")
+    return _concat([module(part) for part in torch.tensor_split(x, chunks, dim=0)])

@@ -1,0 +1,136 @@
+"""What every noisyseg Lightning task shares: the fast path, the optimiser, health checks, export.
+
+* channels-last memory format for model and batches (oneDNN's fast bf16 convolutions want it);
+* AdamW or SGD with linear warm-up and cosine decay, stepped per optimiser step;
+* a NaN/Inf loss stops the run with a message naming the step (the last checkpoint stays good);
+* datasets with ``set_epoch`` (random pairings) are told the epoch;
+* at the end of ``fit`` the encoder is written to ``encoder_out`` as an encoder file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from noisyseg.checkpoints import save_encoder
+from noisyseg.data.sample import IMAGE, IMAGE2
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor at ``step``: linear warm-up to 1, then cosine to 0 (pure function)."""
+    if total <= 0:
+        return 1.0
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+class BaseTask(L.LightningModule):
+    """Shared plumbing; subclasses build ``self.encoder`` (and heads) and define the steps.
+
+    Args:
+        arch: encoder architecture (recorded in the encoder file).
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9, as MoCo).
+        warmup_fraction: share of the steps spent warming up.
+        channels_last: use channels-last tensors (fast on oneDNN / tensor cores).
+        encoder_out: where to write the encoder file at the end of ``fit`` (``None``: don't).
+        method: name of the pretraining method, recorded in the encoder file.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
+        warmup_fraction: float = 0.05,
+        channels_last: bool = True,
+        encoder_out: str | None = None,
+        method: str = "unknown",
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer={optimizer!r}; valid: 'adamw', 'sgd'")
+        if lr <= 0:
+            raise ValueError(f"lr={lr} must be > 0")
+        self.arch, self.lr, self.weight_decay, self.optimizer_name = arch, lr, weight_decay, optimizer
+        self.warmup_fraction, self.channels_last = warmup_fraction, channels_last
+        self.encoder_out, self.method = encoder_out, method
+        self.encoder: nn.Module  # set by subclasses
+
+    # ----------------------------------------------------------------------------- fast path
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.channels_last:
+            for key in (IMAGE, IMAGE2):
+                if key in batch:
+                    batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    # ----------------------------------------------------------------------------- optimiser
+    def trainable_parameters(self) -> list[dict[str, Any]] | list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        warmup = int(self.warmup_fraction * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- health
+    def check_finite(self, loss: torch.Tensor, name: str = "loss") -> torch.Tensor:
+        """Stop the run on a NaN/Inf loss, naming the step (Lightning keeps the last checkpoint)."""
+        if not torch.isfinite(loss.detach()).all():
+            raise FloatingPointError(
+                f"{name} became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
+                "the run stopped and the last saved checkpoint is the last good one. Lower the learning "
+                "rate, check the input for NaN pixels, or force fp32 with --trainer.precision 32-true"
+            )
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        ds = getattr(dm, "train_set", None)
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(self.current_epoch)
+
+    # ----------------------------------------------------------------------------- export
+    def training_summary(self) -> dict[str, Any]:
+        """What the encoder file records about how the weights were trained."""
+        trainer = self._trainer
+        return {
+            "method": self.method,
+            "task": type(self).__name__,
+            "epochs": int(trainer.current_epoch) if trainer else 0,
+            "steps": int(trainer.global_step) if trainer else 0,
+            "hparams": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        }
+
+    def normalization(self) -> dict[str, Any] | None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        return getattr(dm, "normalization", None)
+
+    def export_encoder(self, path: str) -> None:
+        """Write ``self.encoder`` as an encoder file (contiguous, standard memory format)."""
+        enc = self.encoder
+        source = getattr(self, "encoder_source", None)
+        save_encoder(path, enc, self.arch, self.normalization(), self.training_summary(), source)
+
+    def on_fit_end(self) -> None:
+        if self.encoder_out and self.trainer.is_global_zero:
+            self.export_encoder(self.encoder_out)

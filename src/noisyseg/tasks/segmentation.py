@@ -1,0 +1,162 @@
+"""Supervised segmentation: noisy-label pretraining (Liu et al.) and downstream transfer.
+
+One task serves both ends of the pipeline:
+
+* **pretraining on noisy labels** (Liu et al., arXiv 2402.16164): UNet + ResNet encoder trained
+  with CE + Dice on the (noisy) ``mask``; ``encoder_out`` writes the encoder file at the end;
+* **transfer**: ``encoder_path`` loads an encoder file into any decoder (UNet, DeepLabV3+, PSPNet,
+  FCN); ``freeze_encoder`` keeps the encoder's parameters *and* BatchNorm running statistics
+  untouched (the encoder stays in eval mode), otherwise everything is fine-tuned.
+
+Validation and test score against ``clean_mask`` when the batch has one (``eval_on_clean``), from a
+confusion matrix accumulated over the whole split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from noisyseg.checkpoints import load_encoder
+from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
+from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
+from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
+from noisyseg.models.segmentation import build_segmentation_model
+from noisyseg.tasks.base import BaseTask
+from noisyseg.transforms.batch import SegmentationAugment
+
+
+class SegmentationTask(BaseTask):
+    """Train a segmentation model; optionally start from, freeze, or export its encoder.
+
+    Args:
+        decoder: ``unet``, ``deeplabv3plus``, ``pspnet`` or ``fcn``.
+        arch: encoder architecture (``resnet18`` ... ``resnet101``).
+        in_channels: input bands.
+        num_classes: output classes (may differ from the pretraining classes).
+        encoder_path: encoder file to start from (``None``: random initialisation).
+        freeze_encoder: train the decoder only; encoder parameters and BN statistics untouched.
+        ce_weight: weight of cross-entropy.
+        dice_weight: weight of Dice (Liu et al.: equal to CE).
+        class_weights: per-class CE weights, ``"inverse_frequency"`` (counted on the training
+            masks at the start of fit) or ``None``.
+        class_names: names used in the per-class metric keys.
+        ignore_index: label that no loss or metric counts.
+        augment: D4 + band jitter on training batches.
+        eval_on_clean: score validation/test against ``clean_mask`` when present.
+        method: recorded in the encoder file (``supervised`` for noisy-label pretraining).
+        **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options (lr, optimizer, encoder_out, ...).
+
+    Raises:
+        ValueError: for unknown names or bad counts; EncoderFileError for a mismatching file.
+    """
+
+    def __init__(
+        self,
+        decoder: str = "unet",
+        arch: str = "resnet18",
+        in_channels: int = 3,
+        num_classes: int = 2,
+        encoder_path: str | None = None,
+        freeze_encoder: bool = False,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        class_weights: list[float] | str | None = None,
+        class_names: list[str] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        augment: bool = True,
+        eval_on_clean: bool = True,
+        method: str = "supervised",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
+        warmup_fraction: float = 0.05,
+        channels_last: bool = True,
+        encoder_out: str | None = None,
+    ) -> None:
+        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method)
+        self.save_hyperparameters()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        if isinstance(class_weights, str) and class_weights != "inverse_frequency":
+            raise ValueError(f"class_weights={class_weights!r}; use a list, 'inverse_frequency' or null")
+        self.model = build_segmentation_model(decoder, arch, in_channels, num_classes)
+        self.encoder = self.model.encoder
+        self.encoder_source: dict[str, Any] = {"kind": "random"}
+        if encoder_path:
+            meta = load_encoder(self.encoder, encoder_path, arch)
+            self.encoder_source = {"kind": "noisyseg", "path": str(encoder_path), "trained": meta.get("trained")}
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+        weights = class_weights if isinstance(class_weights, list) else None
+        self.loss_fn = CEDiceLoss(ce_weight, dice_weight, weights, ignore_index)
+        self.class_names = class_names or [str(k) for k in range(num_classes)]
+        self.ignore_index, self.eval_on_clean = ignore_index, eval_on_clean
+        self.augment = SegmentationAugment() if augment else None
+        self.val_cm = ConfusionMatrix(num_classes, ignore_index)
+        self.test_cm = ConfusionMatrix(num_classes, ignore_index)
+        self.test_scores: dict[str, float] = {}
+        self.val_scores: dict[str, float] = {}
+
+    def train(self, mode: bool = True) -> SegmentationTask:
+        """Keep a frozen encoder in eval mode so BatchNorm running statistics never update."""
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # B x K x H x W logits
+
+    def on_fit_start(self) -> None:
+        if self.hparams.class_weights == "inverse_frequency":
+            self.loss_fn.class_weights = inverse_frequency_weights(self._count_classes()).to(self.device)
+
+    def _count_classes(self) -> torch.Tensor:
+        ds = self.trainer.datamodule.train_set
+        counts = torch.zeros(self.hparams.num_classes, dtype=torch.long)
+        for i in range(len(ds)):
+            m = ds[i][MASK]
+            m = m[m != self.ignore_index]
+            counts += torch.bincount(m, minlength=self.hparams.num_classes)[: self.hparams.num_classes]
+        return counts
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = batch[IMAGE], batch[MASK]  # B x C x H x W, B x H x W
+        if self.augment is not None:
+            x, y = self.augment(x, y)
+        loss = self.check_finite(self.loss_fn(self(x), y))
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def _target(self, batch: dict) -> torch.Tensor:
+        return batch[CLEAN_MASK] if self.eval_on_clean and CLEAN_MASK in batch else batch[MASK]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch[IMAGE])
+        target = self._target(batch)
+        self.log("val/loss", self.loss_fn(logits, target), batch_size=target.shape[0], sync_dist=True)
+        self.val_cm.update(logits.argmax(1), target)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_scores = scores_from_confusion(self.val_cm.compute(), self.class_names)
+        self.val_cm.reset()
+        self.log("val/miou", self.val_scores["miou"], prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in self.val_scores.items() if k != "miou"})
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_cm.update(self(batch[IMAGE]).argmax(1), self._target(batch))
+
+    def on_test_epoch_end(self) -> None:
+        self.test_scores = scores_from_confusion(self.test_cm.compute(), self.class_names)
+        self.test_cm.reset()
+        self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()})
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self(batch[IMAGE]).argmax(1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

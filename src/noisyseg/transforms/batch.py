@@ -1,0 +1,204 @@
+"""Batched augmentations for any band count, applied to whole batches on the training device.
+
+Why by hand: kornia's colour jitter (hue, saturation) assumes RGB and breaks multispectral input,
+and per-sample torchvision transforms in loader workers are the slowest part of a CPU pipeline.
+Here every op works on ``[B, C, H, W]`` for any ``C`` with a handful of batched tensor ops:
+
+* geometry — random resized crop + flip as one per-sample affine grid (``grid_sample``), applied
+  identically to the image and its mask (nearest), and exact D4 flips/rotations;
+* photometry — per-sample, per-band brightness/contrast jitter, band-mean "greyscale", Gaussian
+  blur and noise: no op mixes bands in an RGB-specific way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from noisyseg.data.sample import IGNORE_INDEX
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def crop_params(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Per-sample affine matrices ``[n, 2, 3]`` of a random resized crop (+ horizontal flip).
+
+    The crop has area ``scale`` x image area and aspect ``ratio`` (log-uniform), clipped to lie
+    inside the image, as torchvision's ``RandomResizedCrop``.
+    """
+    area = _uniform(n, *scale, generator, device)  # fraction of the image area, n
+    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device)
+    r = torch.exp(log_r) * (width / height)
+    w = torch.sqrt(area * r).clamp(max=1.0)  # crop width as a fraction of the image width
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - w)  # centre in [-1, 1]
+    cy = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - h)
+    sx = w.clone()
+    if flip:
+        flips = torch.rand(n, generator=generator, device=device) < 0.5
+        sx = torch.where(flips, -sx, sx)  # a negative x-scale mirrors the crop
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    return theta
+
+
+def warp(
+    x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Apply per-sample affine ``theta [B,2,3]`` to ``x [B,C,H,W]``, output ``[B,C,*size]``."""
+    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+def warp_mask(mask: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Warp integer labels ``[B,H,W]`` with nearest sampling (labels are never blended)."""
+    out = warp(mask[:, None].float(), theta, size, mode="nearest")
+    return out[:, 0].round().long()
+
+
+def d4(
+    image: torch.Tensor, *masks: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Random flip + rotation by a multiple of 90° per sample (exact: no resampling).
+
+    Args:
+        image: ``[B, C, H, W]`` (square for rotations).
+        masks: any number of ``[B, H, W]`` label maps transformed identically.
+    """
+    b = image.shape[0]
+    dev = image.device
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    k = torch.randint(0, 4, (b,), generator=generator, device=dev) if image.shape[-1] == image.shape[-2] else None
+    outs = [image, *masks]
+    res = []
+    for t in outs:
+        t4 = t if t.ndim == 4 else t[:, None]
+        t4 = torch.where(flip.view(-1, 1, 1, 1), t4.flip(-1), t4)
+        if k is not None:
+            rot = t4.clone()
+            for q in (1, 2, 3):  # four groups at most: one batched rot90 per group
+                sel = k == q
+                if sel.any():
+                    rot[sel] = torch.rot90(t4[sel], q, dims=(-2, -1))
+            t4 = rot
+        res.append(t4 if t.ndim == 4 else t4[:, 0])
+    return tuple(res)
+
+
+def band_jitter(
+    x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, p: float = 0.8, generator=None
+) -> torch.Tensor:
+    """Per-sample, per-band brightness (additive, in std units) and contrast (around the band mean)."""
+    b, c = x.shape[:2]
+    dev = x.device
+    apply = (torch.rand(b, 1, 1, 1, generator=generator, device=dev) < p).to(x.dtype)
+    gain = 1 + (torch.rand(b, c, 1, 1, generator=generator, device=dev) * 2 - 1) * contrast  # B x C x 1 x 1
+    shift = (torch.rand(b, c, 1, 1, generator=generator, device=dev) * 2 - 1) * brightness
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    jittered = (x - mean) * gain + mean + shift
+    return apply * jittered + (1 - apply) * x
+
+
+def band_mean_grey(x: torch.Tensor, p: float = 0.2, generator=None) -> torch.Tensor:
+    """With probability ``p`` replace every band by the band mean (greyscale for any band count)."""
+    apply = torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=x.device) < p
+    return torch.where(apply, x.mean(1, keepdim=True).expand_as(x), x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float] = (0.1, 2.0), p: float = 0.5, generator=None) -> torch.Tensor:
+    """Blur a random subset of the batch with one sigma drawn per batch (separable, depthwise)."""
+    s = float(_uniform(1, *sigma, generator, x.device)[0])
+    radius = max(1, int(math.ceil(2 * s)))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / s) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    apply = torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=x.device) < p
+    return torch.where(apply, y, x)
+
+
+class SegmentationAugment:
+    """Training augmentation for supervised segmentation: D4 + mild band jitter.
+
+    Args:
+        jitter: brightness/contrast amplitude (0 disables).
+    """
+
+    def __init__(self, jitter: float = 0.1) -> None:
+        self.jitter = jitter
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = d4(image, mask)
+        if self.jitter:
+            image = band_jitter(image, self.jitter, self.jitter, p=0.5)
+        return image, mask
+
+
+class ContrastiveView:
+    """One MoCo v2-style view of a batch, band-agnostic (Chen et al. 2020, "Improved Baselines").
+
+    Random resized crop (scale 0.2–1) + flip, band jitter (p 0.8), band-mean grey (p 0.2), Gaussian
+    blur (p 0.5). Colour ops of the RGB recipe (hue, saturation) are replaced by per-band ones.
+
+    Args:
+        size: output side (``None`` keeps the input size).
+        scale: crop area range.
+        jitter, grey_p, blur_p: photometric strengths.
+    """
+
+    def __init__(
+        self,
+        size: int | None = None,
+        scale: tuple[float, float] = (0.2, 1.0),
+        jitter: float = 0.4,
+        grey_p: float = 0.2,
+        blur_p: float = 0.5,
+    ) -> None:
+        self.size, self.scale, self.jitter, self.grey_p, self.blur_p = size, tuple(scale), jitter, grey_p, blur_p
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``image [B,C,H,W]``, optional ``mask [B,H,W]`` -> augmented view and its labels."""
+        b, _, h, w = image.shape
+        size = (self.size or h, self.size or w)
+        theta = crop_params(b, h, w, self.scale, device=image.device)
+        view = warp(image, theta, size)  # B x C x S x S
+        out_mask = warp_mask(mask, theta, size) if mask is not None else None
+        if self.jitter:
+            view = band_jitter(view, self.jitter, self.jitter, p=0.8)
+        if self.grey_p:
+            view = band_mean_grey(view, self.grey_p)
+        if self.blur_p:
+            view = gaussian_blur(view, p=self.blur_p)
+        return view, out_mask
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ContrastiveView",
+    "SegmentationAugment",
+    "band_jitter",
+    "band_mean_grey",
+    "crop_params",
+    "d4",
+    "gaussian_blur",
+    "warp",
+    "warp_mask",
+]
