@@ -1,0 +1,261 @@
+"""``noisyseg data preview``: what the loaders make of a data config, before any training.
+
+    noisyseg data preview --config configs/data/xbd_shared.yaml --out runs/preview/xbd \
+        [--write-masks] [--max-previews 4] [--max-samples 0]
+
+The config is the ``data:`` section (``class_path: noisyseg.data.DataModule`` with datasets in
+``init_args.train/val/test``) or a whole LightningCLI config holding a top-level ``data:`` key.
+Classes are imported from their dotted ``class_path`` and called with their (recursively
+instantiated) ``init_args``, the same objects LightningCLI would build.
+
+Writes ``summary.json`` / ``summary.md`` (per split: samples, sources, class frequencies,
+noisy-pair count, band statistics, the dataset's own ``stats`` and ``normalization``), PNG previews
+(RGB from the first three bands with a per-band 2-98 % stretch, mask overlay, pairs side by side)
+and, with ``--write-masks``, every mask as a PNG named after its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+from noisyseg.data.sample import CHANGE_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
+
+MASK_KEYS = (MASK, MASK2, CHANGE_MASK)
+
+
+class PreviewError(Exception):
+    """A user error reported as one line with exit code 2."""
+
+
+# ---------------------------------------------------------------------------------- instantiation
+def resolve(class_path: str) -> type:
+    """Import ``pkg.module.Class``; a package that does not re-export the name is searched.
+
+    Raises:
+        PreviewError: the module or the class does not exist (names the class_path).
+    """
+    if not isinstance(class_path, str) or "." not in class_path:
+        raise PreviewError(f"class_path {class_path!r} is not a dotted 'module.Class' path")
+    mod_name, name = class_path.rsplit(".", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as err:
+        raise PreviewError(f"cannot import module {mod_name!r} of class_path {class_path!r}: {err}") from err
+    if hasattr(mod, name):
+        return getattr(mod, name)
+    for info in pkgutil.iter_modules(getattr(mod, "__path__", [])):  # package without the re-export
+        sub = importlib.import_module(f"{mod_name}.{info.name}")
+        if hasattr(sub, name):
+            return getattr(sub, name)
+    raise PreviewError(f"class_path {class_path!r}: module {mod_name!r} has no {name!r}")
+
+
+def instantiate(node: Any) -> Any:
+    """Build objects from nested ``{class_path, init_args}`` dicts; other values pass through."""
+    if isinstance(node, dict) and "class_path" in node:
+        cls = resolve(node["class_path"])
+        args = {k: instantiate(v) for k, v in (node.get("init_args") or {}).items()}
+        try:
+            return cls(**args)
+        except TypeError as err:
+            raise PreviewError(f"{node['class_path']}: bad init_args ({err})") from err
+    if isinstance(node, dict):
+        return {k: instantiate(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [instantiate(v) for v in node]
+    return node
+
+
+def load_splits(config: Path) -> dict[str, Any]:
+    """``{split: dataset}`` from a data config or a whole LightningCLI config.
+
+    Raises:
+        PreviewError: the file is missing, not YAML, or has no data section.
+    """
+    if not config.is_file():
+        raise PreviewError(f"config file not found: {config}")
+    try:
+        cfg = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as err:
+        raise PreviewError(f"{config} is not valid YAML: {err}".replace("\n", " ")) from err
+    if isinstance(cfg, dict) and "data" in cfg:
+        cfg = cfg["data"]
+    if not isinstance(cfg, dict) or "class_path" not in cfg:
+        raise PreviewError(f"{config} has no data section: expected 'class_path: noisyseg.data.DataModule' "
+                           f"(or a top-level 'data:' key holding it)")
+    obj = instantiate(cfg)
+    if hasattr(obj, "__getitem__") and hasattr(obj, "__len__"):
+        return {"data": obj}  # a bare dataset
+    splits = {s: getattr(obj, f"{s}_set", None) for s in ("train", "val", "test")}
+    return {s: d for s, d in splits.items() if d is not None}
+
+
+# ------------------------------------------------------------------------------------ rendering
+def stretch(image: np.ndarray) -> np.ndarray:
+    """``[C, H, W]`` -> ``[H, W, 3]`` uint8 from the first three bands, 2-98 % per band."""
+    bands = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, 0)  # [3, H, W]
+    out = np.zeros(bands.shape[1:] + (3,), np.uint8)
+    for b in range(3):
+        lo, hi = np.percentile(bands[b], [2, 98])
+        out[..., b] = (np.clip((bands[b] - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    return out
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Blend class colours over ``rgb`` (class 0 transparent, IGNORE_INDEX grey)."""
+    palette = np.array([[0, 0, 0], [230, 25, 75], [255, 225, 25], [245, 130, 48], [145, 30, 180],
+                        [60, 180, 75], [0, 130, 200], [240, 50, 230]], np.float32)
+    out = rgb.astype(np.float32)
+    for c in np.unique(mask):
+        if c == 0:
+            continue
+        colour = np.array([128, 128, 128], np.float32) if c == 255 else palette[int(c) % len(palette)]
+        sel = mask == c
+        out[sel] = 0.5 * out[sel] + 0.5 * colour
+    return out.astype(np.uint8)
+
+
+def preview_png(sample: dict[str, Any], path: Path) -> None:
+    """Image, mask overlay, and for pairs the second image and its mask, side by side."""
+    panels = [stretch(sample[IMAGE].numpy())]
+    first_mask = next((sample[k] for k in (MASK, CHANGE_MASK) if k in sample), None)
+    if first_mask is not None:
+        panels.append(overlay(panels[0], first_mask.numpy()))
+    if IMAGE2 in sample:
+        rgb2 = stretch(sample[IMAGE2].numpy())
+        panels.append(rgb2)
+        second = sample.get(MASK2, sample.get(CHANGE_MASK))
+        if second is not None:
+            panels.append(overlay(rgb2, second.numpy()))
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], 1)  # [H, n*W, 3]
+    Image.fromarray(row).save(path)
+
+
+def _name(sample: dict[str, Any], index: int) -> str:
+    meta = sample.get(META, {})
+    stem = Path(str(meta.get("source") or meta.get("id") or f"sample{index}")).name.split(".")[0]
+    where = meta.get("tile") or meta.get("window")
+    return f"{stem}_r{where[0]}_c{where[1]}" if where else stem
+
+
+# -------------------------------------------------------------------------------------- summary
+def summarise(name: str, ds: Any, out: Path, max_previews: int, max_samples: int, write_masks: bool) -> dict:
+    """Iterate one split: counts, class frequencies, band moments; previews and masks."""
+    n = len(ds) if not max_samples else min(len(ds), max_samples)
+    freqs = {k: Counter() for k in MASK_KEYS}
+    sources, noisy, pairs = set(), 0, 0
+    band_sum = band_sq = band_min = band_max = None
+    pixels = 0
+    for i in tqdm(range(n), desc=f"preview {name}", unit="sample", file=sys.stderr):
+        s = ds[i]
+        x = s[IMAGE].numpy().reshape(s[IMAGE].shape[0], -1).astype(np.float64)  # [C, H*W]
+        if band_sum is None:
+            band_sum, band_sq = np.zeros(x.shape[0]), np.zeros(x.shape[0])
+            band_min, band_max = np.full(x.shape[0], np.inf), np.full(x.shape[0], -np.inf)
+        band_sum += x.sum(1)
+        band_sq += (x**2).sum(1)
+        band_min, band_max = np.minimum(band_min, x.min(1)), np.maximum(band_max, x.max(1))
+        pixels += x.shape[1]
+        sources.add(str(s.get(META, {}).get("source", i)))
+        for k in MASK_KEYS:
+            if k in s:
+                vals, cnt = np.unique(s[k].numpy(), return_counts=True)
+                freqs[k].update(dict(zip(vals.tolist(), cnt.tolist())))
+        if NOISY_PAIR in s:
+            pairs += 1
+            noisy += int(bool(s[NOISY_PAIR]))
+        if i < max_previews:
+            (out / "previews").mkdir(parents=True, exist_ok=True)
+            preview_png(s, out / "previews" / f"{name}_{i:03d}_{_name(s, i)}.png")
+        if write_masks:
+            folder = out / "masks" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in MASK_KEYS:
+                if k in s:
+                    suffix = "" if k == MASK else f"_{k}"
+                    Image.fromarray(s[k].numpy().astype(np.uint8)).save(folder / f"{_name(s, i)}{suffix}.png")
+    summary: dict[str, Any] = {"dataset": type(ds).__name__, "samples": len(ds), "summarised": n,
+                               "sources": len(sources)}
+    for k in MASK_KEYS:
+        total = sum(freqs[k].values())
+        if total:
+            summary[f"{k}_class_frequency"] = {str(c): v / total for c, v in sorted(freqs[k].items())}
+    if pairs:
+        summary["noisy_pairs"], summary["pairs"] = noisy, pairs
+    if pixels:
+        mean = band_sum / pixels
+        summary["bands"] = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(band_sq / pixels - mean**2, 0)).tolist(),
+                            "min": band_min.tolist(), "max": band_max.tolist()}
+    for attr in ("stats", "normalization"):
+        if getattr(ds, attr, None) is not None:
+            summary[attr] = json.loads(json.dumps(getattr(ds, attr), default=str))
+    return summary
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    lines = ["# Data preview", "", f"config: `{summary['config']}`", ""]
+    for split, s in summary["splits"].items():
+        lines += [f"## {split}: {s['dataset']}", "", "| field | value |", "|---|---|"]
+        for k, v in s.items():
+            if k == "dataset":
+                continue
+            if isinstance(v, dict):
+                v = ", ".join(f"{a}: {_fmt(b)}" for a, b in v.items())
+            lines.append(f"| {k} | {_fmt(v)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the preview; returns 0, or 2 with a one-line message on bad input."""
+    p = argparse.ArgumentParser(prog="noisyseg data preview", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="data config YAML (or a whole LightningCLI config)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--write-masks", action="store_true", help="write every mask as a PNG")
+    p.add_argument("--max-previews", type=int, default=4, help="preview PNGs per split")
+    p.add_argument("--max-samples", type=int, default=0, help="summarise at most N samples per split (0: all)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    try:
+        splits = load_splits(Path(args.config))
+        if not splits:
+            raise PreviewError(f"{args.config} configures no train/val/test dataset")
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {"config": str(args.config), "splits": {
+            name: summarise(name, ds, out, args.max_previews, args.max_samples, args.write_masks)
+            for name, ds in splits.items()}}
+    except PreviewError as err:
+        print(f"noisyseg data preview: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # dataset input errors
+        print(f"noisyseg data preview: error: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
+        return 2
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text(to_markdown(summary))
+    print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
