@@ -158,6 +158,8 @@ class VTSSegmentation(Dataset):
         dtd_root, seed: see :class:`VTSGenerator`.
         label_noise: keyword arguments of :class:`~noisyseg.data.label_noise.LabelNoise` applied to
             the training mask (cells are the objects that flip); ``clean_mask`` keeps the truth.
+        cache: keep generated samples in memory (they are deterministic), so later epochs cost
+            nothing; ~``length * bands * size**2 * 4`` bytes.
 
     Raises:
         ValueError: for a non-positive length or invalid generator parameters.
@@ -177,7 +179,9 @@ class VTSSegmentation(Dataset):
         dtd_root: str | None = None,
         label_noise: dict | None = None,
         seed: int = 0,
+        cache: bool = False,
     ) -> None:
+        self._cache: dict[int, Sample] | None = {} if cache else None
         self.gen = VTSGenerator(
             split, size, num_cells, tuple(categories), noise_texture, third_class, bands, texture_variants, dtd_root, seed
         )
@@ -194,13 +198,18 @@ class VTSSegmentation(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for VTS split of length {self.length}")
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         sc = self.gen.scene(index)
         noisy = sc.mask
         if not self.noise.is_clean:
             # a separate stream (tag 1) so the noise does not change the scene
             noisy = apply_noise(sc.mask, self.noise, self.num_classes, self.gen.rng(index, 1), instances=sc.cells)
         meta = {"index": index, "split": self.gen.split, "noise_rate": noise_rate(noisy, sc.mask)}
-        return make_sample(_normalise(sc.image), noisy, clean_mask=sc.mask, meta=meta)
+        sample = make_sample(_normalise(sc.image), noisy, clean_mask=sc.mask, meta=meta)
+        if self._cache is not None:
+            self._cache[index] = sample
+        return sample
 
 
 class VTSPairs(Dataset):
@@ -220,6 +229,7 @@ class VTSPairs(Dataset):
         r: noisy-pairs rate in [0, 1].
         p: per-image noise, the fraction of cells replaced, in [0, 1].
         mere_exposure: the control arm.
+        cache: keep generated scenes in memory (the pairing is still redrawn every epoch).
         Others: see :class:`VTSSegmentation`.
 
     Raises:
@@ -241,7 +251,9 @@ class VTSPairs(Dataset):
         texture_variants: int = 40,
         dtd_root: str | None = None,
         seed: int = 0,
+        cache: bool = False,
     ) -> None:
+        self._cache: dict[int, Scene] | None = {} if cache else None
         for name, v in (("r (noisy-pairs rate)", r), ("p (per-image noise)", p)):
             if not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"{name}={v} is outside [0, 1]")
@@ -266,7 +278,12 @@ class VTSPairs(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for VTS pairs of length {self.length}")
-        sc = self.gen.scene(index)
+        if self._cache is not None and index in self._cache:
+            sc = self._cache[index]
+        else:
+            sc = self.gen.scene(index)
+            if self._cache is not None:
+                self._cache[index] = sc
         rng = self.gen.rng(index, 2, self.epoch)  # pairing stream: differs every epoch
         noisy = bool(rng.random() < self.r)
         image, image2, replaced = sc.image, sc.image, 0.0

@@ -1,0 +1,165 @@
+"""Run one experiment config in-process: the same YAML the CLI takes, as a Python dict.
+
+``noisyseg fit --config X`` (LightningCLI) and :func:`run_config` read the same files: a
+``trainer:`` section of Trainer arguments, ``model:`` and ``data:`` given by ``class_path`` /
+``init_args``, and ``seed_everything``. The demo and the sweeps call :func:`run_config` so that
+several runs share one Python process (no import cost per run) and return their scores directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+
+from noisyseg.callbacks import RunCheckpoint
+from noisyseg.checkpoints import atomic_write
+from noisyseg.runtime import resolve_precision
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: when the file is not a YAML mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(cfg).__name__}")
+    return cfg
+
+
+def get_by_path(cfg: dict, dotted: str) -> Any:
+    """``cfg["a"]["b"]`` for ``"a.b"``; raises KeyError naming the first missing key."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"config has no key {dotted!r} (missing {part!r})")
+        node = node[part]
+    return node
+
+
+def set_by_path(cfg: dict, dotted: str, value: Any, create: bool = False) -> None:
+    """Set ``cfg["a"]["b"] = value`` for ``"a.b"``.
+
+    Raises:
+        KeyError: naming the key when it does not exist and ``create`` is False (a typo in a sweep
+            spec must not silently add an unused key).
+    """
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            if not create:
+                raise KeyError(f"config has no key {'.'.join(parts[: i + 1])!r} (while setting {dotted!r})")
+            node[part] = {}
+        node = node[part]
+    if parts[-1] not in node and not create:
+        raise KeyError(f"config has no key {dotted!r}")
+    node[parts[-1]] = value
+
+
+def import_class(class_path: str):
+    """Import ``package.module.Class``.
+
+    Raises:
+        ValueError: naming the class path when it cannot be imported.
+    """
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import class_path {class_path!r}: {e}") from e
+
+
+def instantiate(node: Any) -> Any:
+    """Build objects from ``{class_path, init_args}`` nodes, recursively (as LightningCLI does)."""
+    if isinstance(node, dict) and "class_path" in node:
+        cls = import_class(node["class_path"])
+        kwargs = {k: instantiate(v) for k, v in (node.get("init_args") or {}).items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"{node['class_path']}: {e}") from e
+    if isinstance(node, dict):
+        return {k: instantiate(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [instantiate(v) for v in node]
+    return node
+
+
+def build_trainer(trainer_cfg: dict[str, Any], quiet: bool = False) -> L.Trainer:
+    """A Trainer from a ``trainer:`` section with noisyseg's defaults (precision, checkpoints)."""
+    kwargs = instantiate(copy.deepcopy(trainer_cfg))
+    kwargs["precision"] = resolve_precision(kwargs.get("precision"))
+    kwargs.setdefault("enable_model_summary", False)
+    if quiet:
+        kwargs.setdefault("enable_progress_bar", False)
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    if kwargs.get("enable_checkpointing", True) and not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
+        callbacks.append(RunCheckpoint())
+    return L.Trainer(callbacks=callbacks, **kwargs)
+
+
+def run_config(
+    cfg: dict[str, Any],
+    stages: tuple[str, ...] = ("fit", "test"),
+    quiet: bool = False,
+    ckpt_path: str | None = None,
+) -> dict[str, Any]:
+    """Fit and/or test one config; return its scores and write them to ``metrics.json``.
+
+    Args:
+        cfg: a config as in ``configs/`` (``trainer``, ``model``, ``data``, ``seed_everything``).
+        stages: any of ``fit``, ``validate``, ``test`` in order.
+        quiet: no progress bars (sweeps running in parallel).
+        ckpt_path: passed to ``fit`` (``"last"`` resumes).
+
+    Returns:
+        ``{"val": {...}, "test": {...}, "seconds": {...}, "model": task, "root": dir}``.
+    """
+    cfg = copy.deepcopy(cfg)
+    for key in ("model", "data"):
+        if key not in cfg:
+            raise ValueError(f"config has no {key!r} section")
+    L.seed_everything(int(cfg.get("seed_everything", 0)), workers=True, verbose=False)
+    trainer = build_trainer(cfg.get("trainer", {}), quiet)
+    model = instantiate(cfg["model"])
+    data = instantiate(cfg["data"])
+    seconds: dict[str, float] = {}
+    for stage in stages:
+        t0 = time.perf_counter()
+        if stage == "fit":
+            trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        elif stage == "validate":
+            trainer.validate(model, datamodule=data, verbose=not quiet)
+        elif stage == "test":
+            trainer.test(model, datamodule=data, verbose=not quiet)
+        else:
+            raise ValueError(f"unknown stage {stage!r}; valid: fit, validate, test")
+        seconds[stage] = time.perf_counter() - t0
+    result = {
+        "val": dict(getattr(model, "val_scores", {}) or {}),
+        "test": dict(getattr(model, "test_scores", {}) or {}),
+        "seconds": seconds,
+        "root": trainer.default_root_dir,
+    }
+    if trainer.is_global_zero:
+        text = json.dumps(result, indent=2, default=float)
+        atomic_write(Path(trainer.default_root_dir) / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+    result["model"] = model
+    result["datamodule"] = data
+    return result
