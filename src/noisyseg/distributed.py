@@ -32,13 +32,35 @@ def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums each shard's gradient over ranks (vissl ``GatherLayer``).
+
+    Written here rather than using ``torch.distributed.nn.functional.all_gather``, which torch
+    2.14 deprecates in favour of a private module.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.n = x.shape[0]
+        return torch.cat(parts, dim=0)  # [W*N, ...]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()  # [W*N, ...]
+        dist.all_reduce(grad)  # every rank's loss used every shard
+        start = dist.get_rank() * ctx.n
+        return grad[start : start + ctx.n]  # [N, ...] this rank's shard
+
+
 def gather(x: Tensor) -> Tensor:
     """Concatenate ``x`` from all ranks along dim 0, keeping gradients.
 
-    The backward of ``torch.distributed.nn.functional.all_gather`` sums the incoming gradients of
-    each shard across ranks and hands every rank the gradient of its own shard, so a loss that uses
-    negatives from other ranks trains the local encoder as if the whole global batch were here
-    (vissl ``gather_from_all``; lightly ``lightly/utils/dist.py``).
+    In backward the gradients of each shard are summed across ranks and every rank gets the sum
+    for its own shard, so a loss that uses negatives from other ranks trains the local encoder as
+    if the whole global batch were here (vissl ``gather_from_all``; lightly ``utils/dist.py``).
+    With DDP averaging parameter gradients, this is the gradient of the mean of the ranks' losses.
 
     Args:
         x: ``[N, ...]``, the same shape on every rank.
@@ -48,9 +70,7 @@ def gather(x: Tensor) -> Tensor:
     """
     if not is_dist() or world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather  # imported lazily: needs dist built
-
-    return torch.cat(all_gather(x), dim=0)  # [W*N, ...]
+    return _GatherWithGrad.apply(x)  # [W*N, ...]
 
 
 @torch.no_grad()
