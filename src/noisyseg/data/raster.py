@@ -399,17 +399,23 @@ class RasterSegmentation(Dataset):
         if not (need_stats or need_empty):
             return {}
         key = self._fingerprint()
+        out: dict[str, Any] = {"fingerprint": key}
         if cache is not None and Path(cache).is_file():
             try:
                 cached = json.loads(Path(cache).read_text())
             except json.JSONDecodeError:
                 cached = {}  # a corrupt cache is recomputed, never trusted
-            if cached.get("fingerprint") == key and (not need_stats or "mean" in cached):
-                return cached
-        stats = band_statistics(self.images, self.nodata, self.band_indexes)
-        out: dict[str, Any] = {"fingerprint": key, "mean": stats["mean"], "std": stats["std"],
-                               "count": stats["count"], "empty_windows": self._empty_windows()}
-        if cache is not None:
+            if cached.get("fingerprint") == key:
+                out = cached
+        changed = False
+        if need_stats and "mean" not in out:
+            stats = band_statistics(self.images, self.nodata, self.band_indexes)
+            out.update(mean=stats["mean"], std=stats["std"], count=stats["count"])
+            changed = True
+        if need_empty and "empty_windows" not in out:
+            out["empty_windows"] = self._empty_windows()  # one patch in memory at a time
+            changed = True
+        if cache is not None and changed:
             write_json_atomic(cache, out)
         return out
 
