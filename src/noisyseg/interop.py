@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 
-from noisyseg.checkpoints import EncoderFileError, atomic_write, load_encoder, read_encoder, save_encoder
+from noisyseg.checkpoints import EncoderFileError, atomic_write, read_encoder, save_encoder
 from noisyseg.models.encoders import ENCODERS, build_encoder, check_arch
 
 TARGETS = ("smp", "timm", "torchvision")
@@ -131,14 +131,20 @@ def export_encoder(path: str | Path, to: str, out: str | Path) -> Path:
     if to not in TARGETS:
         raise ValueError(f"unknown export target {to!r}; valid: {list(TARGETS)}")
     out = _export_path(out)
-    _, meta = read_encoder(path)
+    state, meta = read_encoder(path)
     arch, bands = meta.get("arch"), int(meta.get("in_channels", 0))
-    if arch not in ENCODERS:
-        raise EncoderFileError(f"encoder file {path} holds architecture {arch!r}; valid: {sorted(ENCODERS)}")
-    encoder = build_encoder(arch, bands)
-    load_encoder(encoder, path, arch)  # strict: keys and shapes checked against the architecture
+    if arch not in ENCODERS or bands < 1:
+        raise EncoderFileError(
+            f"encoder file {path} holds arch={arch!r}, in_channels={bands}; valid: {sorted(ENCODERS)}, >= 1 bands"
+        )
+    missing, unexpected, wrong = _mismatch(state, _template(arch, bands))  # strict, as load_encoder
+    if missing or unexpected or wrong:
+        raise EncoderFileError(
+            f"encoder file {path} does not match its {arch} ({bands} bands) metadata: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}, wrong shape {wrong[:4]}"
+        )
     # smp, timm and torchvision share the ResNet names (module docstring): nothing to rename
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    state = {k: v.contiguous() for k, v in state.items()}
     info = {
         "format": "noisyseg-export",
         "target": to,
@@ -217,6 +223,19 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k: v for k, v in out.items() if not k.startswith("fc.")}
 
 
+def _mismatch(
+    state: dict[str, torch.Tensor], template: dict[str, torch.Size], any_bands: bool = False
+) -> tuple[list[str], list[str], list[str]]:
+    """Sorted missing, unexpected and wrong-shape keys (``any_bands``: conv1 may have any input bands)."""
+    missing, unexpected = sorted(set(template) - set(state)), sorted(set(state) - set(template))
+    wrong = sorted(
+        k for k in set(template) & set(state)
+        if state[k].shape != template[k]
+        and not (any_bands and k == "conv1.weight" and state[k].shape[0] == template[k][0] and state[k].ndim == 4)
+    )
+    return missing, unexpected, wrong
+
+
 def _matches(state: dict[str, torch.Tensor], template: dict[str, torch.Size]) -> int:
     """Keys whose shape fits the template (first conv: any input bands)."""
     return sum(
@@ -281,14 +300,13 @@ def import_state_dict(
     state = _strip(raw, prefix)
     for k in _optional(template) - set(state):
         state[k] = torch.tensor(0, dtype=torch.long)
-    missing, unexpected = set(template) - set(state), set(state) - set(template)
-    wrong = [k for k in set(template) & set(state) if k != "conv1.weight" and state[k].shape != template[k]]
-    if missing or unexpected or wrong or state["conv1.weight"].shape[0] != template["conv1.weight"][0]:
+    missing, unexpected, wrong = _mismatch(state, template, any_bands=True)
+    if missing or unexpected or wrong:
         found = _guess_arch(state)
         what = f"a {found} state dict" if found else f"no supported ResNet ({sorted(ENCODERS)})"
         raise EncoderFileError(
             f"state dict file {path} holds {what}, not {arch} (format {fmt!r}, prefix {prefix!r}): "
-            f"missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}, wrong shape {sorted(wrong)[:4]}"
+            f"missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shape {wrong[:4]}"
         )
     original = int(state["conv1.weight"].shape[1])
     bands = original if in_channels is None else in_channels

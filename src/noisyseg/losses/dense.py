@@ -100,11 +100,10 @@ class _PixelContrast(nn.Module):
         has_pos = n_pos > 0  # [B, A]: anchors with no positive leave the mean
         n_anchors = has_pos.sum(-1)  # [B]
         image_loss = anchor_loss.sum(-1) / n_anchors.clamp(min=1)  # [B] (zeros where excluded)
-        has_anchor = n_anchors > 0  # [B]
-        if not bool(has_anchor.any()):
-            return f.sum() * 0.0  # keeps the graph (DDP) and means "nothing to contrast"
+        has_anchor = (n_anchors > 0).float()  # [B]
         # Deviation: the reference averages over all images, counting anchor-less ones as 0.
-        return image_loss[has_anchor].mean()
+        # With no anchor at all this is 0 with zero gradients, still on the graph (DDP-safe).
+        return (image_loss * has_anchor).sum() / has_anchor.sum().clamp(min=1.0)
 
 
 class WithinImageLoss(_PixelContrast):

@@ -75,9 +75,9 @@ def detect_false_negatives(
         # only the upper triangle j > i of its 2N x 2N local matrix and applies every tied pair;
         # we search all negatives and keep the first minimum (exactly one pair per batch).
         gap = (neg_sim - pos_sim[:, None]).abs()  # [N, K]
-        flat = int(torch.argmin(gap))  # index into N*K
-        anchor = flat // k
-        mask.view(-1)[flat] = bool(pos_sim[anchor] >= positive_min)  # accept or drop the pair
+        flat = torch.argmin(gap).view(1)  # [1] index into N*K, first minimum
+        accept = pos_sim[flat // k] >= positive_min  # [1] the anchor's positive is close enough
+        mask.view(-1).index_put_((flat,), accept)  # no host sync
         return mask
     best, idx = neg_sim.max(dim=1)  # [N], [N]: each anchor's most similar negative
     mask.scatter_(1, idx[:, None], (best > threshold)[:, None])  # [N, K]
@@ -165,7 +165,7 @@ class InfoNCELoss(nn.Module):
         with torch.autocast(device_type=q.device.type, enabled=False):
             q = F.normalize(q.float(), dim=1)  # [N, D]
             k = F.normalize(k.float(), dim=1)  # [N, D]
-            cos_pos = torch.einsum("nc,nc->n", q, k)  # positive logits: N (cosine)
+            cos_pos = torch.einsum("nc,nc->n", q, k)  # positive logits: Nx1 (kept as [N] cosines)
             if queue is not None:
                 negatives = F.normalize(queue.detach().float(), dim=1)  # [K, D]
                 cos_neg = q @ negatives.T  # negative logits: NxK

@@ -124,6 +124,11 @@ class SegmentationTask(BaseTask):
             counts += torch.bincount(m, minlength=self.hparams.num_classes)[: self.hparams.num_classes]
         return counts
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Lightning restores module modes itself (not through train()), so re-assert it per batch
+        if self.freeze_encoder:
+            self.encoder.eval()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch[IMAGE], batch[MASK]  # B x C x H x W, B x H x W
         if self.augment is not None:
