@@ -3,14 +3,25 @@
 from noisyseg.data.datamodule import DataModule
 from noisyseg.data.label_noise import LabelNoise, apply_noise, noise_rate
 from noisyseg.data.sample import IGNORE_INDEX, collate, make_sample
+from noisyseg.data.product_noise import NoisyLabels
+from noisyseg.data.raster import RasterSegmentation
+from noisyseg.data.temporal import BitemporalPairs, LandsatChange, TemporalStacks
 from noisyseg.data.vts import VTSPairs, VTSSegmentation
+from noisyseg.data.xbd import XBDPairs, XBDSegmentation
 
 __all__ = [
     "IGNORE_INDEX",
+    "BitemporalPairs",
     "DataModule",
     "LabelNoise",
+    "LandsatChange",
+    "NoisyLabels",
+    "RasterSegmentation",
+    "TemporalStacks",
     "VTSPairs",
     "VTSSegmentation",
+    "XBDPairs",
+    "XBDSegmentation",
     "apply_noise",
     "collate",
     "make_sample",
