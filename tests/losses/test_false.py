@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 from noisyseg.losses import InfoNCELoss, detect_false_negatives
 
+TIGHT = {"rtol": 1e-6, "atol": 1e-6}  # fp32 implementation vs float64 loop
 
-def detect_loop(pos: torch.Tensor, neg: torch.Tensor, mode: str, threshold: float, positive_min: float) -> set:
+
+def detect_loop(pos, neg, mode: str, threshold: float, positive_min: float) -> set:
     """FNSD one pair at a time: the flagged (anchor, negative) pairs."""
     n, k = neg.shape
     if mode == "reference":
@@ -62,11 +64,13 @@ NEG = torch.tensor([[0.10, 0.90, 0.30], [0.49, 0.00, 0.20], [0.50, 0.60, 0.20]])
 def test_reference_mode_selects_closest_pair_then_checks_positive() -> None:
     # closest gap overall is anchor 1 / negative 0 (0.01), but anchor 1's positive is 0.5 < 0.9
     assert mask_to_pairs(detect_false_negatives(POS, NEG, "reference", positive_min=0.9)) == set()
-    assert mask_to_pairs(detect_false_negatives(POS, NEG, "reference", positive_min=0.4)) == {(1, 0)}
+    flagged = detect_false_negatives(POS, NEG, "reference", positive_min=0.4)
+    assert mask_to_pairs(flagged) == {(1, 0)}
     # without the row-1 near tie, the pair (0, 1) (gap 0.05, positive 0.95) is accepted
     neg = NEG.clone()
     neg[1, 0] = -0.5
-    assert mask_to_pairs(detect_false_negatives(POS, neg, "reference", positive_min=0.9)) == {(0, 1)}
+    flagged = detect_false_negatives(POS, neg, "reference", positive_min=0.9)
+    assert mask_to_pairs(flagged) == {(0, 1)}
 
 
 def test_per_anchor_mode_flags_each_anchors_most_similar_negative_above_threshold() -> None:
@@ -85,17 +89,19 @@ def test_detection_matches_loop_on_random_similarities(mode: str) -> None:
     assert mask_to_pairs(mask) == detect_loop(pos, neg, mode, 0.3, -1.0)
 
 
-@pytest.mark.parametrize(("mode", "alpha"), [("reference", 1.0), ("per_anchor", 0.5), ("per_anchor", 1.0)])
+@pytest.mark.parametrize(
+    ("mode", "alpha"), [("reference", 1.0), ("per_anchor", 0.5), ("per_anchor", 1.0)]
+)
 def test_fncc_matches_loop(mode: str, alpha: float) -> None:
     g = torch.Generator().manual_seed(5)
-    q, k, queue = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(16, 8, generator=g)
+    q, k, queue = (torch.randn(n, 8, generator=g) for n in (6, 6, 16))
     kwargs = {"threshold": 0.2, "positive_min": -1.0}
     loss = InfoNCELoss(temperature=0.3, false_negative=mode, alpha=alpha, **kwargs)(q, k, queue)
     qn, kn, qu = (F.normalize(x, dim=1) for x in (q, k, queue))
-    flagged = detect_loop((qn * kn).sum(1), qn @ qu.T, mode, kwargs["threshold"], kwargs["positive_min"])
+    flagged = detect_loop((qn * kn).sum(1), qn @ qu.T, mode, **kwargs)
     assert flagged  # the test is only meaningful when something was detected
     expected = fncc_loop(q, k, queue, 0.3, alpha, flagged)
-    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float32), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, torch.tensor(expected), **TIGHT)
     plain = InfoNCELoss(temperature=0.3)(q, k, queue)
     assert loss < plain  # moving weight into the numerator lowers the loss
 
@@ -104,7 +110,7 @@ def test_fncc_matches_loop(mode: str, alpha: float) -> None:
 @pytest.mark.parametrize("use_queue", [True, False])
 def test_alpha_zero_equals_plain_infonce_exactly(mode: str, use_queue: bool) -> None:
     g = torch.Generator().manual_seed(6)
-    q, k, queue = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g), torch.randn(32, 16, generator=g)
+    q, k, queue = (torch.randn(n, 16, generator=g) for n in (8, 8, 32))
     fnc = InfoNCELoss(0.2, false_negative=mode, alpha=0.0, threshold=-1.0, positive_min=-1.0)
     plain = InfoNCELoss(0.2)
     args = (q, k, queue) if use_queue else (q, k)
@@ -118,7 +124,7 @@ def test_bf16_autocast_false_negative_loss() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = loss_fn(q, k, queue)
     assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, loss_fn(q.float(), k.float(), queue.float()), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, loss_fn(q.float(), k.float(), queue.float()), **TIGHT)
 
 
 def test_detection_rejects_bad_arguments() -> None:

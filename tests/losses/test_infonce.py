@@ -12,8 +12,10 @@ import torch
 
 from noisyseg.losses import InfoNCELoss
 
+TIGHT = {"rtol": 1e-6, "atol": 1e-6}  # fp32 implementation vs float64 loop
 
-def infonce_loop(q: torch.Tensor, k: torch.Tensor, negatives: list[torch.Tensor], t: float) -> float:
+
+def infonce_loop(q: torch.Tensor, k: torch.Tensor, negatives: list, t: float) -> float:
     """MoCo eq. 1 one query at a time in float64; ``negatives[i]`` are query i's negatives."""
     total = 0.0
     for i in range(q.shape[0]):
@@ -27,10 +29,10 @@ def infonce_loop(q: torch.Tensor, k: torch.Tensor, negatives: list[torch.Tensor]
 
 def test_matches_loop_with_queue() -> None:
     g = torch.Generator().manual_seed(0)
-    q, k, queue = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(20, 8, generator=g)
+    q, k, queue = (torch.randn(n, 8, generator=g) for n in (6, 6, 20))
     loss = InfoNCELoss(temperature=0.2)(q, k, queue)
     expected = infonce_loop(q, k, [list(queue)] * 6, 0.2)
-    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float32), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, torch.tensor(expected), **TIGHT)
 
 
 def test_matches_loop_without_queue_uses_other_keys() -> None:
@@ -38,7 +40,7 @@ def test_matches_loop_without_queue_uses_other_keys() -> None:
     q, k = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     loss = InfoNCELoss(temperature=0.5)(q, k)
     negatives = [[k[j] for j in range(5) if j != i] for i in range(5)]
-    torch.testing.assert_close(loss, torch.tensor(infonce_loop(q, k, negatives, 0.5)), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, torch.tensor(infonce_loop(q, k, negatives, 0.5)), **TIGHT)
 
 
 def test_gradients_reach_q_and_k_and_scale_is_ignored() -> None:
@@ -60,7 +62,7 @@ def test_bf16_autocast_inputs_computed_in_fp32() -> None:
         loss = loss_fn(q, k, queue)
     assert loss.dtype == torch.float32
     expected = loss_fn(q.float(), k.float(), queue.float())
-    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, expected, **TIGHT)
 
 
 @pytest.mark.parametrize(

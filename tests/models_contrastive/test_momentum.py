@@ -116,7 +116,8 @@ def test_forward_in_chunks_gives_each_chunk_its_own_bn_statistics() -> None:
     bn = nn.BatchNorm1d(3).train()
     x = torch.randn(8, 3) * 4 + 1
     out = forward_in_chunks(bn, x, chunks=2)
-    expected = torch.cat([nn.functional.batch_norm(c, None, None, training=True) for c in x.chunk(2)])
+    per_chunk = [nn.functional.batch_norm(c, None, None, training=True) for c in x.chunk(2)]
+    expected = torch.cat(per_chunk)
     torch.testing.assert_close(out, expected)
     assert not torch.allclose(out, forward_in_chunks(bn, x, chunks=1))
 
@@ -172,12 +173,14 @@ def _worker(rank_: int, world: int, init_file: str, out_dir: str) -> None:
     queue.enqueue(k_all[mine])
     out["queue"] = queue.ordered()
 
-    out["cross"] = CrossImageLoss(temperature=0.2)(f1_all[rank_ : rank_ + 1], f2_all[rank_ : rank_ + 1],
-                                                   l1_all[rank_ : rank_ + 1], l2_all[rank_ : rank_ + 1])
+    one = slice(rank_, rank_ + 1)  # one image per rank: its partner lives on the other rank
+    cross = CrossImageLoss(temperature=0.2)
+    out["cross"] = cross(f1_all[one], f2_all[one], l1_all[one], l2_all[one])
     dino = DINOLoss(5)
     dino(torch.randn(3, n, 5), teacher_all[:, mine], epoch=0)
     out["center"] = dino.center
-    torch.save({key: v.detach() for key, v in out.items()}, os.path.join(out_dir, f"rank{rank_}.pt"))
+    results = {key: v.detach() for key, v in out.items()}
+    torch.save(results, os.path.join(out_dir, f"rank{rank_}.pt"))
     dist.barrier()  # no rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
@@ -198,7 +201,8 @@ def test_under_two_gloo_processes(tmp_path) -> None:
     teacher_all = torch.randn(2, world * n, 5)
 
     for r in range(world):  # d/dx of sum_r' sum(gather(x) * w) = world * w[shard r]
-        torch.testing.assert_close(res[r]["gather_grad"], world * torch.tensor([[1.0 + 2 * r], [2.0 + 2 * r]]).expand(2, 3))
+        weight = torch.tensor([[1.0 + 2 * r], [2.0 + 2 * r]]).expand(2, 3)
+        torch.testing.assert_close(res[r]["gather_grad"], world * weight)
 
     q = q_all.clone().requires_grad_(True)
     k = k_all.clone().requires_grad_(True)
@@ -210,7 +214,8 @@ def test_under_two_gloo_processes(tmp_path) -> None:
     torch.testing.assert_close(torch.cat([x["k_grad"] for x in res]) / world, k.grad)
 
     shuffled = torch.cat([x["shuffled"] for x in res])
-    assert not torch.equal(shuffled, q_all) and torch.equal(shuffled.sort(0).values, q_all.sort(0).values)
+    assert not torch.equal(shuffled, q_all)
+    assert torch.equal(shuffled.sort(0).values, q_all.sort(0).values)
     torch.testing.assert_close(torch.cat([x["unshuffled"] for x in res]), 2 * q_all)
 
     expected_queue = torch.cat([torch.zeros(4, 8), torch.nn.functional.normalize(k_all, dim=1)])

@@ -58,11 +58,11 @@ class _PixelContrast(nn.Module):
         self.binarize = bool(binarize)
 
     def _prepare(self, features: Tensor, labels: Tensor, name: str) -> tuple[Tensor, Tensor]:
-        """``[B, D, S, S]``, ``[B, S, S]`` -> unit pixel features ``[B, S*S, D]``, labels ``[B, S*S]``."""
+        """``[B, D, S, S]``, ``[B, S, S]`` -> unit features ``[B, S*S, D]``, labels ``[B, S*S]``."""
         if features.ndim != 4 or labels.shape != (features.shape[0], *features.shape[2:]):
             raise ValueError(
-                f"{name}: expected features [B, D, S, S] and labels [B, S, S] on the same grid, got "
-                f"{tuple(features.shape)} and {tuple(labels.shape)}; resize labels with "
+                f"{name}: expected features [B, D, S, S] and labels [B, S, S] on the same grid, "
+                f"got {tuple(features.shape)} and {tuple(labels.shape)}; resize labels with "
                 "noisyseg.losses.dense.downsample_labels"
             )
         f = F.normalize(features.float(), dim=1)  # [B, D, S, S] unit vector per pixel
@@ -87,7 +87,7 @@ class _PixelContrast(nn.Module):
         pair = valid[:, :a, None] & valid[:, None, :]  # [B, A, M]
         idx = torch.arange(a, device=f.device)
         pair[:, idx, idx] = False  # mask self-similarity
-        # Deviation: the reference keeps i itself among i's positives (its mask is labels == labels).
+        # Deviation: the reference keeps i among its own positives (its mask is labels == labels).
         same = lab[:, :a, None] == lab[:, None, :]  # [B, A, M]
         pos = same & pair  # [B, A, M]
         neg = ~same & pair & neg_cols  # [B, A, M]
@@ -125,7 +125,9 @@ class WithinImageLoss(_PixelContrast):
         ValueError: non-positive temperature.
     """
 
-    def forward(self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor) -> Tensor:
+    def forward(
+        self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor
+    ) -> Tensor:
         """Loss of one batch.
 
         Args:
@@ -141,7 +143,9 @@ class WithinImageLoss(_PixelContrast):
             ValueError: mismatched shapes.
         """
         if features1.shape != features2.shape:
-            raise ValueError(f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}")
+            raise ValueError(
+                f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}"
+            )
         with torch.autocast(device_type=features1.device.type, enabled=False):
             f1, l1 = self._prepare(features1, labels1, "view 1")  # [B, P, D], [B, P]
             f2, l2 = self._prepare(features2, labels2, "view 2")
@@ -187,14 +191,18 @@ class CrossImageLoss(_PixelContrast):
         super().__init__(temperature, ignore_index, binarize)
         self.negatives_from_partner = bool(negatives_from_partner)
 
-    def forward(self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor) -> Tensor:
+    def forward(
+        self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor
+    ) -> Tensor:
         """Loss of one batch; see :meth:`WithinImageLoss.forward` for the arguments.
 
         Raises:
             ValueError: mismatched shapes, or fewer than 2 images in the global batch.
         """
         if features1.shape != features2.shape:
-            raise ValueError(f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}")
+            raise ValueError(
+                f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}"
+            )
         with torch.autocast(device_type=features1.device.type, enabled=False):
             f1, l1 = self._prepare(features1, labels1, "view 1")  # [B, P, D], [B, P]
             f2, l2 = self._prepare(features2, labels2, "view 2")

@@ -157,7 +157,9 @@ class InfoNCELoss(nn.Module):
             ValueError: mismatched shapes, or no queue and a global batch of one key.
         """
         if q.ndim != 2 or q.shape != k.shape:
-            raise ValueError(f"expected q and k of shape [N, D], got {tuple(q.shape)}, {tuple(k.shape)}")
+            raise ValueError(
+                f"expected q and k of shape [N, D], got {tuple(q.shape)} and {tuple(k.shape)}"
+            )
         if queue is not None and (queue.ndim != 2 or queue.shape[1] != q.shape[1]):
             raise ValueError(f"expected queue [K, {q.shape[1]}], got {tuple(queue.shape)}")
         n = q.shape[0]

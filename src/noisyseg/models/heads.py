@@ -99,8 +99,9 @@ class DINOHead(nn.Module):
     ``weight_norm(Linear(bottleneck_dim, out_dim, bias=False))`` with its magnitude fixed to 1
     and frozen when ``norm_last_layer`` (reference default). Deviation: ``out_dim`` defaults to
     4096 rather than 65536, sized for small remote-sensing sets (the reference's ``--out_dim`` help
-    recommends large values like 65k for large, complex datasets); ``torch.nn.utils.parametrizations.weight_norm`` replaces the deprecated hook version,
-    so the magnitude is ``last_layer.parametrizations.weight.original0``.
+    recommends large values like 65k for large, complex datasets);
+    ``torch.nn.utils.parametrizations.weight_norm`` replaces the deprecated hook version, so the
+    magnitude is ``last_layer.parametrizations.weight.original0``.
 
     Args:
         in_dim: C, the encoder's pooled feature size.

@@ -56,7 +56,8 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
     target_params = dict(target.named_parameters())
     online_buffers = dict(online.named_buffers())
     target_buffers = dict(target.named_buffers())
-    if online_params.keys() != target_params.keys() or online_buffers.keys() != target_buffers.keys():
+    same_params = online_params.keys() == target_params.keys()
+    if not same_params or online_buffers.keys() != target_buffers.keys():
         raise ValueError("online and target networks differ in parameter or buffer names")
     for name, p_t in target_params.items():
         p_t.lerp_(online_params[name].detach(), 1.0 - m)  # p_t + (1 - m) * (p_o - p_t)
