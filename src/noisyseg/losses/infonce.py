@@ -203,5 +203,6 @@ class InfoNCELoss(nn.Module):
                 )  # [N]
                 # Denominator unchanged (log_den above), as in the reference: it adds alpha*e to
                 # the positive sum and (1-alpha)*e to the negative sum, so pos+neg keeps e whole.
+                # Kept so: the normaliser stays the full softmax and alpha=0 is plain InfoNCE.
                 # Deviation: log-sum-exp instead of the reference's raw exp() sums (overflow).
             return (log_den - log_num).mean()
