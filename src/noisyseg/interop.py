@@ -79,7 +79,8 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
       ``j mod Cin``), keep the first ``C``, and scale by ``Cin / C`` — so ``C < Cin`` keeps the
       first ``C`` channels times ``Cin / C``.
 
-    The scaling keeps the response to an input whose bands are all equal the same as before.
+    The ``Cin / C`` scale keeps the first layer's output magnitude roughly unchanged; it is exact
+    for an input whose bands are all equal when ``C == 1`` or ``C`` is a multiple of ``Cin``.
 
     Args:
         weight: ``[O, Cin, k, k]`` convolution weight.
@@ -183,7 +184,9 @@ def _read_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         # so a crafted checkpoint cannot run code on load
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message is many lines; keep only the one naming the refused global
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "GLOBAL" in ln]
+        first = lines[0].split(" was not an allowed")[0] if lines else type(e).__name__
         raise EncoderFileError(
             f"refused to load {path}: it holds objects other than tensors and plain containers, which "
             f"torch.load(weights_only=True) does not unpickle because they could run code ({first}); "
