@@ -1,0 +1,152 @@
+"""One run of a study: optional pretraining, then each downstream config on its encoder.
+
+The chain (all paths inside the run's folder)::
+
+    <run>/config.yaml                 everything the run runs, resolved (written first)
+    <run>/pretrain/                   trainer.default_root_dir of the pretraining config
+    <run>/encoder.safetensors         its model.init_args.encoder_out
+    <run>/downstream-<name>/          each downstream's default_root_dir; encoder_path -> the file
+                                      above (null for a random-init arm)
+    <run>/done.json                   rows and timings, written atomically last: the completion mark
+
+A stage whose output exists (the encoder file plus ``pretrain/metrics.json``, or a downstream's
+``metrics.json``) under an unchanged ``config.yaml`` is not run again, so a run killed half-way
+resumes at its first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from noisyseg.checkpoints import atomic_write
+from noisyseg.experiments.runner import run_config
+from noisyseg.experiments.spec import RunPlan
+
+ENCODER_FILE = "encoder.safetensors"
+DONE_FILE = "done.json"
+CONFIG_FILE = "config.yaml"
+
+
+def resolve_run(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
+    """The configs of ``plan`` chained into ``run_dir``: ``{"pretrain": cfg|None, "downstream": {name: cfg}}``."""
+    run_dir = Path(run_dir)
+    encoder = str(run_dir / ENCODER_FILE) if plan.pretrain is not None else None
+    pre = None
+    if plan.pretrain is not None:
+        pre = copy.deepcopy(plan.pretrain)
+        pre.setdefault("trainer", {})["default_root_dir"] = str(run_dir / "pretrain")
+        pre["model"].setdefault("init_args", {})["encoder_out"] = encoder
+    downstream = {}
+    for name, cfg in plan.downstream:
+        cfg = copy.deepcopy(cfg)
+        cfg.setdefault("trainer", {})["default_root_dir"] = str(run_dir / f"downstream-{name}")
+        cfg["model"].setdefault("init_args", {})["encoder_path"] = encoder
+        downstream[name] = cfg
+    return {"pretrain": pre, "downstream": downstream}
+
+
+def config_record(plan: RunPlan, resolved: dict[str, Any]) -> str:
+    """The text of ``config.yaml``: run id, seed, parameters, sources and every resolved config."""
+    record = {
+        "run": plan.run_id,
+        "seed": plan.seed,
+        "params": plan.params,
+        "sources": plan.sources,
+        "pretrain": resolved["pretrain"],
+        "downstream": resolved["downstream"],
+    }
+    return yaml.safe_dump(record, sort_keys=False)
+
+
+def _decoder(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    args = cfg.get("model", {}).get("init_args", {}) or {}
+    return args.get("decoder"), args.get("freeze_encoder")
+
+
+def _stored(root: Path) -> dict[str, Any] | None:
+    path = root / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a torn file from an older writer: run the stage again
+
+
+def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
+    """Run one planned run; write ``config.yaml`` first and ``done.json`` last.
+
+    Args:
+        plan: from :func:`noisyseg.experiments.spec.plan_runs`.
+        run_dir: the run's folder.
+        quiet: no progress bars from Lightning.
+
+    Returns:
+        ``{"run": id, "rows": [...], "seconds": total, "pretrain_seconds": s}``; a row per
+        downstream x split (val/test, where scored) x metric, with the run's parameters.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    resolved = resolve_run(plan, run_dir)
+    text = config_record(plan, resolved)
+    cfg_path = run_dir / CONFIG_FILE
+    # stages of an interrupted run are reused only when they were made by this same config
+    reuse = cfg_path.is_file() and cfg_path.read_text() == text
+    atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(text))
+
+    # -- pretraining ---------------------------------------------------------------------------
+    pre_seconds = 0.0
+    pre = resolved["pretrain"]
+    if pre is not None:
+        stored = _stored(run_dir / "pretrain") if reuse else None
+        if stored is None or not (run_dir / ENCODER_FILE).is_file():
+            res = run_config(pre, stages=("fit",), quiet=quiet)
+            stored = res
+        pre_seconds = float(sum(stored["seconds"].values()))
+
+    # -- downstream ----------------------------------------------------------------------------
+    rows: list[dict[str, Any]] = []
+    for name, cfg in resolved["downstream"].items():
+        root = Path(cfg["trainer"]["default_root_dir"])
+        stored = _stored(root) if reuse else None
+        if stored is None or not stored.get("test"):
+            stored = run_config(cfg, stages=("fit", "test"), quiet=quiet)
+        seconds = float(sum(stored["seconds"].values()))
+        decoder, frozen = _decoder(cfg)
+        for split in ("val", "test"):
+            for metric, value in (stored.get(split) or {}).items():
+                rows.append({
+                    "run": plan.run_id,
+                    "seed": plan.seed,
+                    **plan.params,
+                    "downstream": name,
+                    "decoder": decoder,
+                    "frozen": frozen,
+                    "split": split,
+                    "metric": metric,
+                    "value": float(value),
+                    "seconds": round(seconds, 2),
+                    "pretrain_seconds": round(pre_seconds, 2),
+                })
+    result = {"run": plan.run_id, "rows": rows, "seconds": time.perf_counter() - t0, "pretrain_seconds": pre_seconds}
+    done = json.dumps(result, indent=1, default=str)
+    atomic_write(run_dir / DONE_FILE, lambda tmp: Path(tmp).write_text(done))
+    return result
+
+
+def read_done(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``done.json`` of a finished run, or None when the run has not finished."""
+    path = Path(run_dir) / DONE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
