@@ -3,8 +3,11 @@
 from noisyseg.losses.dense import CrossImageLoss, WithinImageLoss, downsample_labels
 from noisyseg.losses.dino import DINOLoss
 from noisyseg.losses.infonce import InfoNCELoss, detect_false_negatives
+from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 
 __all__ = [
+    "CEDiceLoss",
+    "inverse_frequency_weights",
     "CrossImageLoss",
     "DINOLoss",
     "InfoNCELoss",

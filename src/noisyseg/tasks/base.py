@@ -16,8 +16,11 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning.pytorch.utilities import rank_zero_warn
+
 from noisyseg.checkpoints import save_encoder
 from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -102,6 +105,19 @@ class BaseTask(L.LightningModule):
                 "rate, check the input for NaN pixels, or force fp32 with --trainer.precision 32-true"
             )
         return loss
+
+    def log_health(self, z: torch.Tensor, every: int = 20) -> None:
+        """Log collapse statistics of embeddings ``z [N, D]`` every ``every`` steps; warn on collapse."""
+        if self.global_step % every or z.shape[0] < 2:
+            return
+        std, rank = embedding_std(z), effective_rank(z)
+        self.log_dict({"health/embedding_std": std, "health/effective_rank": rank}, batch_size=z.shape[0])
+        if is_collapsed(std, rank) and self.global_step > 0:
+            rank_zero_warn(
+                f"representation collapse at step {self.global_step}: normalised embedding std x sqrt(D) = "
+                f"{std:.3f} (healthy ~1), effective rank = {rank:.2f} of {min(z.shape)}; lower the learning rate "
+                "or check that the two views differ"
+            )
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

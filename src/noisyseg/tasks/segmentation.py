@@ -14,12 +14,14 @@ confusion matrix accumulated over the whole split.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from noisyseg.checkpoints import load_encoder
+from noisyseg.checkpoints import atomic_write, load_encoder
 from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
@@ -159,6 +161,10 @@ class SegmentationTask(BaseTask):
         self.test_scores = scores_from_confusion(self.test_cm.compute(), self.class_names)
         self.test_cm.reset()
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()})
+        if self.trainer.is_global_zero:
+            # the CLI's `test` returns nothing to a caller: keep the split's scores on disk
+            text = json.dumps(self.test_scores, indent=2)
+            atomic_write(Path(self.trainer.default_root_dir) / "test_metrics.json", lambda t: Path(t).write_text(text))
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self(batch[IMAGE]).argmax(1)

@@ -1,0 +1,95 @@
+"""Supervised dense contrastive pretraining (Zhao et al., ICCV 2021), within- or cross-image.
+
+As used by Gerard & Sullivan for noisy positive pairs: the encoder's last feature map (before any
+global pooling) is resized to S x S (8 for VTS, 16 for xBD), projected by two 1x1 convolutions
+(256), and pixels with the same (downsampled, nearest) label attract while others repel, at
+temperature 0.07. The two views are ``image`` and its partner ``image2`` with their labels
+``mask`` and ``mask2`` (noise-free for VTS pairs, as in the paper); a dataset without a partner
+gives two augmentations of ``image``. Geometric augmentation moves each label map with its view.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from noisyseg.data.sample import IGNORE_INDEX, IMAGE, IMAGE2, MASK, MASK2
+from noisyseg.losses.dense import CrossImageLoss, WithinImageLoss, downsample_labels
+from noisyseg.models.encoders import build_encoder
+from noisyseg.models.heads import DenseProjection
+from noisyseg.tasks.base import BaseTask
+from noisyseg.transforms.batch import ContrastiveView
+
+DENSE_LOSSES = {"within": WithinImageLoss, "cross": CrossImageLoss}
+
+
+class DenseContrastTask(BaseTask):
+    """Pixel-level supervised contrastive pretraining.
+
+    Args:
+        arch: ResNet architecture.
+        in_channels: input bands.
+        mode: ``within`` (pairs of pixels inside one image's two views) or ``cross`` (also pixels
+            of another image of the batch that is not the positive partner).
+        feature_size: S, side of the resized feature map.
+        proj_dim: projection channels (paper: 256).
+        temperature: 0.07.
+        binarize: labels > 0 become 1 (background vs building, as the paper does for xBD).
+        ignore_index: label that is never an anchor nor a contrast.
+        crop_scale: random-resized-crop area range of the views.
+        **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        in_channels: int = 3,
+        mode: str = "within",
+        feature_size: int = 8,
+        proj_dim: int = 256,
+        temperature: float = 0.07,
+        binarize: bool = False,
+        ignore_index: int = IGNORE_INDEX,
+        crop_scale: tuple[float, float] = (0.4, 1.0),
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
+        warmup_fraction: float = 0.05,
+        channels_last: bool = True,
+        encoder_out: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        super().__init__(
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method or f"dense-{mode}"
+        )
+        self.save_hyperparameters()
+        if mode not in DENSE_LOSSES:
+            raise ValueError(f"mode={mode!r}; valid: {sorted(DENSE_LOSSES)}")
+        if feature_size < 1:
+            raise ValueError(f"feature_size={feature_size} must be >= 1")
+        self.encoder = build_encoder(arch, in_channels)
+        self.projection = DenseProjection(self.encoder.out_channels[-1], proj_dim, proj_dim)
+        self.loss_fn = DENSE_LOSSES[mode](temperature, ignore_index, binarize)
+        self.view = ContrastiveView(scale=tuple(crop_scale))
+        self.feature_size = feature_size
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, D, S, S]`` projected pixel features."""
+        f = self.encoder(x)[-1]  # B x 512 x H/32 x W/32, before global pooling
+        f = F.interpolate(f, size=(self.feature_size, self.feature_size), mode="bilinear", align_corners=False)
+        return self.projection(f)  # B x D x S x S
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if MASK not in batch:
+            raise ValueError("dense contrastive pretraining needs labels: the dataset returns no 'mask'")
+        x1, m1 = self.view(batch[IMAGE], batch[MASK])
+        x2, m2 = self.view(batch.get(IMAGE2, batch[IMAGE]), batch.get(MASK2, batch[MASK]))
+        if self.channels_last:
+            x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+        z1, z2 = self.embed(x1), self.embed(x2)  # B x D x S x S each
+        s = self.feature_size
+        loss = self.loss_fn(z1, z2, downsample_labels(m1, s), downsample_labels(m2, s))
+        loss = self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x1.shape[0])
+        self.log_health(z1.float().mean(dim=(2, 3)))
+        return loss

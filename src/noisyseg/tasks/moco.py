@@ -1,0 +1,153 @@
+"""MoCo v2 pretraining with temporal / noisy positive pairs and optional FALSE calibration.
+
+He et al., CVPR 2020 and Chen et al. 2020 ("Improved Baselines"); reference code
+facebookresearch/moco ``moco/builder.py``. Positive pairs come from the data: ``image`` and
+``image2`` (a temporal partner, or the noisy partner of a VTS scene — Gerard & Sullivan), each
+augmented independently; a dataset without ``image2`` gives two augmentations of ``image``.
+With ``false_negative`` set, the InfoNCE loss becomes FALSE's (Zhang et al. 2022).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.distributed import world_size
+from noisyseg.losses.infonce import InfoNCELoss
+from noisyseg.models.encoders import build_encoder
+from noisyseg.models.heads import ProjectionMLP
+from noisyseg.models.momentum import KeyQueue, batch_shuffle, batch_unshuffle, forward_in_chunks, momentum_update
+from noisyseg.tasks.base import BaseTask
+from noisyseg.transforms.batch import ContrastiveView
+
+
+class EncoderWithHead(nn.Module):
+    """``head(encoder(x)[-1])``: the query or key network of MoCo. ``[B,C,H,W] -> [B,D]``."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)[-1])
+
+
+def default_queue_size(dataset_len: int, global_batch: int, cap: int = 65536) -> int:
+    """Queue scaled to the dataset: half of it, a multiple of the global batch, within [batch, cap].
+
+    MoCo's 65,536 suits ImageNet; a queue longer than a small dataset holds stale copies of the
+    current positives as negatives (false negatives by construction).
+    """
+    k = min(cap, dataset_len // 2)
+    k = (k // global_batch) * global_batch
+    return max(global_batch, k)
+
+
+class MoCoTask(BaseTask):
+    """MoCo v2: query encoder + MLP head, momentum key encoder, queue of negatives.
+
+    Args:
+        arch: ResNet architecture.
+        in_channels: input bands.
+        queue_size: negatives in the queue; ``None`` scales it to the dataset
+            (:func:`default_queue_size`).
+        temperature: InfoNCE temperature (MoCo v2: 0.2).
+        momentum: key-encoder EMA momentum (MoCo: 0.999).
+        hidden_dim, out_dim: projection MLP sizes (MoCo v2: 2048, 128).
+        key_bn_chunks: the key batch is shuffled and encoded in this many sub-batches, so BatchNorm
+            statistics of a key never come from the same sample mix as its query's (MoCo's
+            shuffling BN, emulated on one device; under DDP the shuffle crosses processes).
+        false_negative: ``none`` (MoCo), ``reference`` or ``per_anchor`` (FALSE).
+        alpha: FALSE's FNCC weight in [0, 1].
+        fn_threshold: per-anchor FNSD cosine threshold.
+        positive_min: reference-mode least positive cosine.
+        crop_scale: random-resized-crop area range of the views.
+        **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        in_channels: int = 3,
+        queue_size: int | None = None,
+        temperature: float = 0.2,
+        momentum: float = 0.999,
+        hidden_dim: int = 2048,
+        out_dim: int = 128,
+        key_bn_chunks: int = 4,
+        false_negative: str = "none",
+        alpha: float = 1.0,
+        fn_threshold: float = 0.9,
+        positive_min: float = 0.9,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        lr: float = 0.03,
+        weight_decay: float = 1e-4,
+        optimizer: str = "sgd",
+        warmup_fraction: float = 0.0,
+        channels_last: bool = True,
+        encoder_out: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        method = method or ("moco" if false_negative == "none" else f"false-{false_negative}")
+        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method)
+        self.save_hyperparameters()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum={momentum} is outside [0, 1]")
+        if queue_size is not None and queue_size < 1:
+            raise ValueError(f"queue_size={queue_size} must be >= 1 (or null to scale it to the dataset)")
+        if key_bn_chunks < 1:
+            raise ValueError(f"key_bn_chunks={key_bn_chunks} must be >= 1")
+        self.encoder = build_encoder(arch, in_channels)
+        self.query = EncoderWithHead(self.encoder, ProjectionMLP(self.encoder.out_channels[-1], hidden_dim, out_dim))
+        self.key = copy.deepcopy(self.query).requires_grad_(False)  # momentum encoder, never trained by SGD
+        self.loss_fn = InfoNCELoss(temperature, false_negative, alpha, fn_threshold, positive_min)
+        self.momentum, self.key_bn_chunks, self.out_dim = momentum, key_bn_chunks, out_dim
+        self.view = ContrastiveView(scale=tuple(crop_scale))
+        self.queue: KeyQueue | None = KeyQueue(out_dim, queue_size) if queue_size else None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        batch = getattr(dm, "batch_size", None)
+        if self.queue is None:
+            ds = getattr(dm, "train_set", None)
+            if ds is None or batch is None:
+                raise ValueError("queue_size is null but the datamodule has no train set to scale it to")
+            self.queue = KeyQueue(self.out_dim, default_queue_size(len(ds), batch * world_size()))
+        if batch is not None:
+            self.queue.check_batch(batch, world_size())
+        super().setup(stage)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a queue sized from the dataset must match the checkpoint's before the state is loaded
+        q = checkpoint["state_dict"].get("queue.queue")
+        if q is not None and (self.queue is None or self.queue.queue.shape != q.shape):
+            self.queue = KeyQueue(q.shape[1], q.shape[0]).to(self.device)
+
+    def views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two independently augmented views: of ``image`` and of its partner ``image2``."""
+        x1, _ = self.view(batch[IMAGE])
+        x2, _ = self.view(batch.get(IMAGE2, batch[IMAGE]))
+        if self.channels_last:
+            x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+        return x1, x2
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x1, x2 = self.views(batch)  # B x C x H x W each
+        q = self.query(x1)  # queries: B x D
+        with torch.no_grad():
+            momentum_update(self.query, self.key, self.momentum)
+            x2s, idx = batch_shuffle(x2)  # shuffle for making use of BN
+            chunks = max(1, min(self.key_bn_chunks, x2s.shape[0] // 2))  # BN needs >= 2 samples a chunk
+            k = forward_in_chunks(self.key, x2s, chunks)  # keys: B x D
+            k = batch_unshuffle(k, idx)
+        loss = self.check_finite(self.loss_fn(q, k, self.queue.snapshot()))
+        self.queue.enqueue(k.float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=x1.shape[0])
+        self.log_health(q)
+        return loss
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.query.parameters() if p.requires_grad]
