@@ -47,11 +47,12 @@ class DemoSize:
     finetune_epochs: int
     probe_epochs: int
     batch_size: int
+    moco_batch_size: int
     flip_rate: float = 0.3
 
 
-FULL = DemoSize(96, 1200, 4, 1200, 3, 96, 300, 12, 12, 16)
-QUICK = DemoSize(32, 16, 1, 16, 1, 8, 8, 1, 1, 8)
+FULL = DemoSize(96, 1200, 4, 1200, 3, 96, 300, 12, 12, 16, 32)
+QUICK = DemoSize(32, 16, 1, 16, 1, 8, 8, 1, 1, 8, 8)
 
 
 def _vts(split: str, length: int, size: int, seed: int, **kw: Any) -> dict:
@@ -113,7 +114,7 @@ def moco_pretrain_config(sz: DemoSize, root: Path, seed: int, precision: str, r:
         "data": {
             "class_path": "noisyseg.data.DataModule",
             "init_args": {
-                "batch_size": 32,
+                "batch_size": sz.moco_batch_size,
                 "drop_last": True,
                 "train": {
                     "class_path": "noisyseg.data.VTSPairs",
