@@ -1,0 +1,161 @@
+"""Figures of a sweep report, each with the data it plots (returned, and written beside it as CSV).
+
+* :func:`line_figure` — a score against one parameter (r, α, flip rate), one line per setting of
+  the other varying parameters, mean ± std over seeds as error bars; arms where the parameter does
+  not apply (random initialisation) as dashed horizontal lines.
+* :func:`heatmap_figure` — mean score over two parameters (r × p), one panel per setting of the
+  others; also used for differences (noisy pairs minus mere exposure).
+* :func:`bar_figure` — grouped bars (pretraining method × downstream decoder).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from noisyseg.checkpoints import atomic_write  # noqa: E402
+from noisyseg.report.tables import Stat, aggregate, label, values_of, write_csv  # noqa: E402
+
+FIXED = {"run", "seed", "split", "metric", "value", "seconds", "pretrain_seconds", "decoder", "frozen"}
+"""Columns that are not parameters of a run (``decoder``/``frozen`` follow from ``downstream``)."""
+
+
+def varying(rows: list[dict[str, Any]], exclude: tuple[str, ...] = ()) -> list[str]:
+    """Parameter columns that take two or more values in ``rows`` (in table order)."""
+    cols = [c for c in (rows[0] if rows else {}) if c not in FIXED and c not in exclude]
+    return [c for c in cols if len(values_of(rows, c)) >= 2]
+
+
+@dataclass
+class Lines:
+    """What a line plot shows: ``series[label] = [(x, Stat)]``, ``baselines[label] = Stat``."""
+
+    x: str
+    metric: str
+    series: dict[str, list[tuple[Any, Stat]]] = field(default_factory=dict)
+    baselines: dict[str, Stat] = field(default_factory=dict)
+
+
+def lines_data(rows: list[dict[str, Any]], x: str, metric: str) -> Lines:
+    """Group one metric's rows into series over ``x`` (other varying parameters name the series)."""
+    others = varying(rows, exclude=(x,))
+    out = Lines(x, metric)
+    with_x = [r for r in rows if r.get(x) is not None]
+    series: dict[str, list[tuple[Any, Stat]]] = {}
+    for key, s in aggregate(with_x, others + [x]).items():
+        series.setdefault(label(dict(zip(others, key[:-1])), others), []).append((key[-1], s))
+    out.series = {name: sorted(pts, key=lambda p: p[0]) for name, pts in sorted(series.items())}
+    # arms without the parameter (random init, plain InfoNCE): constant reference lines
+    for key, s in aggregate([r for r in rows if r.get(x) is None], others).items():
+        name = label(dict(zip(others, key)), others)
+        out.baselines[f"no {x}" if name == "all" else name] = s
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def line_figure(per_metric: dict[str, Lines], title: str, xlabel: str, path: Path) -> Path:
+    """One panel per metric; writes ``path`` (PNG) and ``path.with_suffix('.csv')`` (the data)."""
+    fig, axes = plt.subplots(1, len(per_metric), figsize=(5.5 * len(per_metric), 4), squeeze=False,
+                             layout="constrained")
+    table = []
+    for ax, (metric, data) in zip(axes[0], per_metric.items()):
+        for name, pts in data.series.items():
+            xs = [p[0] for p in pts]
+            ax.errorbar(xs, [100 * p[1].mean for p in pts], yerr=[100 * p[1].std for p in pts],
+                        marker="o", capsize=3, label=name)
+            table += [[metric, name, x, s.mean, s.std, s.n] for x, s in pts]
+        for i, (name, s) in enumerate(data.baselines.items()):
+            ax.axhline(100 * s.mean, ls="--", color=f"C{(len(data.series) + i) % 10}", label=f"{name} (baseline)")
+            table.append([metric, f"{name} (baseline)", "", s.mean, s.std, s.n])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    write_csv(path.with_suffix(".csv"), ["metric", "series", data.x, "mean", "std", "n"], table)
+    return _save(fig, path)
+
+
+@dataclass
+class Heat:
+    """Panels of a heatmap: ``panels[label] = {(x, y): Stat}`` over ``xs`` × ``ys``."""
+
+    x: str
+    y: str
+    xs: list[Any]
+    ys: list[Any]
+    panels: dict[str, dict[tuple, Stat]]
+
+
+def heat_data(rows: list[dict[str, Any]], x: str, y: str, exclude: tuple[str, ...] = ()) -> Heat:
+    """Mean ± std over seeds at each (x, y), one panel per setting of the other varying parameters."""
+    rows = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
+    others = varying(rows, exclude=(x, y, *exclude))
+    panels: dict[str, dict[tuple, Stat]] = {}
+    for key, s in aggregate(rows, others + [x, y]).items():
+        panels.setdefault(label(dict(zip(others, key[:-2])), others), {})[key[-2:]] = s
+    return Heat(x, y, values_of(rows, x), values_of(rows, y), dict(sorted(panels.items())))
+
+
+def heatmap_figure(heat: Heat, title: str, path: Path, diverging: bool = False) -> Path:
+    """One panel per entry of ``heat.panels``; cells in percent; data also as CSV."""
+    n = len(heat.panels)
+    fig, axes = plt.subplots(1, n, figsize=(1.2 + 0.9 * max(3, len(heat.xs)) * n, 1.5 + 0.6 * max(3, len(heat.ys))),
+                             squeeze=False, layout="constrained")
+    allv = [100 * s.mean for p in heat.panels.values() for s in p.values()]
+    lim = max((abs(v) for v in allv), default=1.0) or 1.0
+    vmin, vmax = (-lim, lim) if diverging else (min(allv, default=0), max(allv, default=1))
+    table = []
+    for ax, (name, cells) in zip(axes[0], heat.panels.items()):
+        grid = np.full((len(heat.ys), len(heat.xs)), math.nan)
+        for (xv, yv), s in cells.items():
+            grid[heat.ys.index(yv), heat.xs.index(xv)] = 100 * s.mean
+            table.append([name, xv, yv, s.mean, s.std, s.n])
+        im = ax.imshow(grid, origin="lower", cmap="RdBu" if diverging else "viridis", vmin=vmin, vmax=vmax,
+                       aspect="auto")
+        for i in range(len(heat.ys)):
+            for j in range(len(heat.xs)):
+                if not math.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(heat.xs)), [str(v) for v in heat.xs])
+        ax.set_yticks(range(len(heat.ys)), [str(v) for v in heat.ys])
+        ax.set_xlabel(heat.x)
+        ax.set_ylabel(heat.y)
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.suptitle(title)
+    write_csv(path.with_suffix(".csv"), ["panel", heat.x, heat.y, "mean", "std", "n"], table)
+    return _save(fig, path)
+
+
+def bar_figure(cells: dict[tuple[str, str], Stat], title: str, ylabel: str, path: Path) -> Path:
+    """Grouped bars: groups = first key (method), bars = second key (downstream); data as CSV."""
+    groups = list(dict.fromkeys(k[0] for k in cells))
+    bars = list(dict.fromkeys(k[1] for k in cells))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) * max(1, len(bars)) * 0.5 + 2), 4))
+    width = 0.8 / max(1, len(bars))
+    for j, b in enumerate(bars):
+        xs = [i + j * width for i, g in enumerate(groups) if (g, b) in cells]
+        st = [cells[(g, b)] for g in groups if (g, b) in cells]
+        ax.bar(xs, [100 * s.mean for s in st], width, yerr=[100 * s.std for s in st], capsize=3, label=b)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title)
+    write_csv(path.with_suffix(".csv"), ["group", "bar", "mean", "std", "n"],
+              [[g, b, s.mean, s.std, s.n] for (g, b), s in cells.items()])
+    return _save(fig, path)

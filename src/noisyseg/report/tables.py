@@ -1,0 +1,154 @@
+"""The numbers of a report, from ``results.csv`` only: grouping, mean ± std over seeds, verdicts.
+
+Every analysis here is a pure function of the table's rows (dicts of typed values), so the
+figures (:mod:`noisyseg.report.figures`) and the Markdown plot and state exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from noisyseg.checkpoints import atomic_write
+
+METRICS = ("miou", "f1")
+"""Metrics the figures plot (keys of SegmentationTask's test scores)."""
+
+
+class ReportError(ValueError):
+    """The sweep folder has no usable results table."""
+
+
+def _typed(v: str) -> Any:
+    if v == "":
+        return None
+    if v in ("true", "True"):
+        return True
+    if v in ("false", "False"):
+        return False
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def load_table(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``results.csv`` with numbers, booleans and blanks (None) typed.
+
+    Raises:
+        ReportError: the file is missing, empty, or lacks the ``metric``/``value`` columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"{path} does not exist: run `noisyseg sweep` into that folder first")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ReportError(f"{path} has no rows: no run of the sweep has finished yet")
+    missing = {"metric", "value", "split"} - set(rows[0])
+    if missing:
+        raise ReportError(f"{path} lacks the columns {sorted(missing)}; is it a sweep's results.csv?")
+    return [{k: _typed(v) for k, v in r.items()} for r in rows]
+
+
+def scored(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Rows of one metric on the test split (val when the table has no test rows)."""
+    split = "test" if any(r["split"] == "test" for r in rows) else "val"
+    return [r for r in rows if r["split"] == split and r["metric"] == metric]
+
+
+def values_of(rows: list[dict[str, Any]], col: str) -> list[Any]:
+    """Distinct non-blank values of a column, sorted (numbers first)."""
+    vals = {r.get(col) for r in rows if r.get(col) is not None}
+    return sorted(vals, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v)))
+
+
+def has_axis(rows: list[dict[str, Any]], col: str, at_least: int = 2) -> bool:
+    """The column exists and takes at least ``at_least`` distinct values."""
+    return len(values_of(rows, col)) >= at_least
+
+
+@dataclass
+class Stat:
+    """Mean and sample standard deviation over seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+    def pct(self) -> str:
+        """``61.2 ± 1.0`` (scores in percent)."""
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
+
+
+def stat(values: list[float]) -> Stat:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return Stat(mean, std, n)
+
+
+def aggregate(rows: list[dict[str, Any]], by: list[str]) -> dict[tuple, Stat]:
+    """Mean ± std of ``value`` over the rows of each group of ``by`` (the seeds of a grid point)."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r.get(c) for c in by)].append(float(r["value"]))
+    return {k: stat(v) for k, v in groups.items()}
+
+
+def is_random(method: Any, rows: list[dict[str, Any]]) -> bool:
+    """A random-init arm: named so, or run without pretraining (pretrain_seconds 0)."""
+    if method is None:
+        return False
+    if "random" in str(method).lower() or "scratch" in str(method).lower():
+        return True
+    mine = [r for r in rows if r.get("method") == method]
+    return bool(mine) and all(not r.get("pretrain_seconds") for r in mine)
+
+
+def verdict(a: Stat, b: Stat, expect_greater: bool = True) -> str:
+    """Compare ``a`` with ``b`` where the finding expects ``a > b`` (or ``a < b``).
+
+    Returns:
+        ``reproduced``, ``not reproduced at this scale`` or ``inconclusive (difference within one
+        std)``; with one seed per arm there is no spread, which the wording says.
+    """
+    diff = a.mean - b.mean
+    spread = max(a.std, b.std)
+    if abs(diff) <= spread or diff == 0:
+        return "inconclusive (difference within one std)"
+    ok = diff > 0 if expect_greater else diff < 0
+    out = "reproduced" if ok else "not reproduced at this scale"
+    return out + (" (one seed: no spread to judge by)" if max(a.n, b.n) < 2 else "")
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    text = buf.getvalue()
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def label(row_or_key: dict[str, Any], cols: list[str]) -> str:
+    """``moco`` or ``moco, p=0.5, unet`` from the columns that distinguish series."""
+    parts = []
+    for c in cols:
+        v = row_or_key.get(c)
+        if v is None:
+            continue
+        parts.append(str(v) if c in ("method", "downstream") else f"{c}={v}")
+    return ", ".join(parts) or "all"
