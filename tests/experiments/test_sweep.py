@@ -126,6 +126,24 @@ def test_variant_and_union_of_grids(tmp_path):
     assert b.pretrain["model"]["init_args"]["lr"] == 0.2  # an argument the class takes, absent from the file
 
 
+def test_named_pretrain_overrides_column_alias_and_trainer_args(tmp_path):
+    pre = str(tmp_path / "pre.yaml")
+    spec = write_spec(tmp_path, seeds=[0],
+                      pretrain={"sup": pre, "sup_lr": {"config": pre, "overrides": {"model.init_args.lr": 0.5}}},
+                      overrides={"*.trainer.enable_checkpointing": True, "*.trainer.accumulate_grad_batches": 2},
+                      grid={"pretrain": ["sup", "sup_lr"],
+                            "noise=pretrain.data.init_args.train.init_args.label_noise.flip_rate": [0.2]})
+    plans = {p.run_id: p for p in plan_runs(load_spec(spec))}
+    assert set(plans) == {"method-sup_noise-0.2_seed-0", "method-sup_lr_noise-0.2_seed-0"}
+    lr = plans["method-sup_lr_noise-0.2_seed-0"]
+    assert lr.pretrain["model"]["init_args"]["lr"] == 0.5 and lr.params == {"method": "sup_lr", "noise": 0.2}
+    assert "lr" not in plans["method-sup_noise-0.2_seed-0"].pretrain["model"]["init_args"]
+    assert lr.pretrain["trainer"]["accumulate_grad_batches"] == 2  # a Trainer argument absent from the file
+    bad = write_spec(tmp_path, overrides={"*.trainer.max_epoch": 1})  # typo of max_epochs
+    with pytest.raises(ValueError, match="max_epoch"):
+        plan_runs(load_spec(bad))
+
+
 # ----------------------------------------------------------------------------------------- bad input
 class Counter:
     """Fake run_config: counts fits per root dir, writes metrics.json, can 'die' at call k."""

@@ -5,6 +5,8 @@ A spec is a YAML mapping (see ``configs/studies/``)::
     name: vts_noisy_pairs                     # optional; default: the file's stem
     pretrain:                                 # a config path, null (random init), or named configs
       moco: configs/pretrain/moco_vts.yaml
+      moco_clean: {config: configs/pretrain/moco_vts.yaml,      # a config with its own overrides
+                   overrides: {data.init_args.train.init_args.r: 0.0}}
       random: null                            # an arm without pretraining
     downstream:                               # every run fine-tunes each of these on its encoder
       - {name: unet, config: configs/finetune/vts_unet.yaml}
@@ -21,6 +23,7 @@ A spec is a YAML mapping (see ``configs/studies/``)::
     grid:                                     # a mapping, or a list of mappings (union of grids)
       pretrain: [moco, random]                # the pretraining config itself (names above)
       pretrain.data.init_args.train.init_args.r: [0, 0.5, 1]   # a key: a list of values
+      r=pretrain.data.init_args.train.init_args.noisy_pair_rate: [0, 1]  # column=key: names the column
       classes:                                # a label: named bundles of overrides
         matched: {pretrain.model.init_args.num_classes: 3}
         merged: {pretrain.model.init_args.num_classes: 2}
@@ -28,18 +31,22 @@ A spec is a YAML mapping (see ``configs/studies/``)::
       quick: {seeds: [0], overrides: {...}, grid: {...}}
 
 The results table names each grid axis by a short column: ``method`` for ``pretrain``, the last
-component of a dotted key (``r``), or the label of a bundle axis. Keys of the pretraining config
+component of a dotted key (``r``), the name before ``=`` in ``column=key``, or the label of a
+bundle axis. The report reads the columns ``method``, ``r``, ``p``, ``mere_exposure``, ``alpha``,
+``false_negative`` and ``flip_rate``. Keys of the pretraining config
 are left out for a ``null`` (random-init) arm, so such an arm is run once, not once per value.
 
 Every grid point is built and checked before any run starts: a key that a config lacks is an
 error naming the key and the config file (a typo must not silently add an unused key). A missing
 key is accepted only where a ``class_path`` node's ``init_args`` lacks an argument that the class
-takes (configs leave defaults out).
+takes, or the ``trainer`` section lacks a ``Trainer`` argument (configs leave defaults out).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import inspect
 import itertools
 import re
@@ -106,6 +113,7 @@ class SweepSpec:
     seed_keys: dict[str, int]
     variant: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    pretrain_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 TOP_KEYS = {"name", "pretrain", "downstream", "seeds", "seed_keys", "overrides", "grid", "variants", "description"}
@@ -172,7 +180,15 @@ def load_spec(path: str | Path, variant: str | None = None) -> SweepSpec:
         pretrain = {str(k): v for k, v in pre.items()}
     else:
         raise SpecError(f"spec {path}: pretrain must be a config path, null, or a mapping name -> path|null")
-    pretrain = {k: (None if v is None else resolve_path(v, path)) for k, v in pretrain.items()}
+    pretrain_overrides: dict[str, dict[str, Any]] = {}
+    for k, v in list(pretrain.items()):
+        if isinstance(v, dict):
+            extra = set(v) - {"config", "overrides"}
+            if "config" not in v or extra:
+                raise SpecError(f"spec {path}: pretrain {k!r} must be a path, null, or {{config, overrides}}")
+            pretrain_overrides[k] = dict(v.get("overrides") or {})
+            v = v["config"]
+        pretrain[k] = None if v is None else resolve_path(v, path)
 
     downstream = []
     for i, d in enumerate(spec.get("downstream") or []):
@@ -217,6 +233,7 @@ def load_spec(path: str | Path, variant: str | None = None) -> SweepSpec:
         path=path,
         name=str(spec.get("name") or path.stem),
         pretrain=pretrain,
+        pretrain_overrides=pretrain_overrides,
         downstream=downstream,
         seeds=seeds,
         overrides=dict(spec.get("overrides") or {}),
@@ -237,6 +254,13 @@ def _class_accepts(node: dict, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+@functools.lru_cache(maxsize=1)
+def _trainer_args() -> frozenset[str]:
+    import lightning as L
+
+    return frozenset(inspect.signature(L.Trainer).parameters)
+
+
 def set_key(cfg: dict, dotted: str, value: Any) -> None:
     """Set a dotted key that must exist, or that is an argument the enclosing class takes.
 
@@ -253,6 +277,8 @@ def set_key(cfg: dict, dotted: str, value: Any) -> None:
             # configs leave class defaults out: allow an argument the class takes, nothing else
             if i > 0 and parts[i - 1] == "init_args" and isinstance(parent, dict) and "class_path" in parent \
                     and _class_accepts(parent, part):
+                node[part] = value if last else {}
+            elif i == 1 and parts[0] == "trainer" and part in _trainer_args():
                 node[part] = value if last else {}
             else:
                 raise KeyError(f"no key {'.'.join(parts[: i + 1])!r} (while setting {dotted!r})")
@@ -285,12 +311,19 @@ def _targets(dotted: str, pretrain: dict | None, downstream: dict[str, dict]) ->
 
 
 # ------------------------------------------------------------------------------------- the runs
+def split_axis(axis: str) -> tuple[str | None, str]:
+    """``"r=pretrain.x.y"`` -> ``("r", "pretrain.x.y")``; ``"pretrain.x.y"`` -> ``(None, "pretrain.x.y")``."""
+    col, eq, key = axis.partition("=")
+    return (col.strip(), key.strip()) if eq else (None, axis)
+
+
 def column_names(spec: SweepSpec) -> dict[str, str]:
     """Grid axis -> results-table column (``method``, last key component, or the bundle label)."""
     axes = list(dict.fromkeys(k for g in spec.grid for k in g))
     short = {}
-    for key in axes:
-        short[key] = "method" if key == "pretrain" else key.rsplit(".", 1)[-1]
+    for axis in axes:
+        col, key = split_axis(axis)
+        short[axis] = col or ("method" if key == "pretrain" else key.rsplit(".", 1)[-1])
     counts: dict[str, int] = {}
     for col in short.values():
         counts[col] = counts.get(col, 0) + 1
@@ -302,7 +335,7 @@ def _fmt(v: Any) -> str:
         return str(v).lower()
     if isinstance(v, float):
         return f"{v:g}"
-    return re.sub(r"[^A-Za-z0-9.+-]+", "", str(v))[:24] or "x"
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "", str(v))[:24] or "x"
 
 
 def run_slug(params: dict[str, Any], seed: int) -> str:
@@ -329,6 +362,10 @@ def plan_runs(spec: SweepSpec) -> list[RunPlan]:
             point = dict(zip([k for k, _ in axes], combo))
             for seed in spec.seeds:
                 plan = _build_run(spec, configs, cols, point, seed, default_method)
+                same = runs.get(plan.run_id)
+                if same is not None and same.params != plan.params:  # slugs cut long values short
+                    digest = hashlib.sha1(repr(sorted(plan.params.items())).encode()).hexdigest()[:6]
+                    plan.run_id = f"{plan.run_id}-{digest}"
                 runs.setdefault(plan.run_id, plan)
     return list(runs.values())
 
@@ -355,6 +392,8 @@ def _build_run(spec, configs, cols, point, seed, default_method) -> RunPlan:
     params: dict[str, Any] = {"method": method}
     for dotted, value in spec.overrides.items():
         apply(dotted, value, "overrides")
+    for dotted, value in spec.pretrain_overrides.get(method, {}).items():
+        apply(f"pretrain.{dotted}", value, f"pretrain {method!r} overrides")
     for d in spec.downstream:
         for dotted, value in d.overrides.items():
             apply(f"downstream.{d.name}.{dotted}", value, f"downstream {d.name!r} overrides")
@@ -366,7 +405,7 @@ def _build_run(spec, configs, cols, point, seed, default_method) -> RunPlan:
             used = [apply(k, v, f"grid {axis}={value}") for k, v in bundles[value].items()]
             params[cols[axis]] = value if any(used) else None
         else:
-            params[cols[axis]] = value if apply(axis, value, "grid") else None
+            params[cols[axis]] = value if apply(split_axis(axis)[1], value, "grid") else None
     for dotted, offset in spec.seed_keys.items():
         apply(dotted, seed + offset, "seed_keys")
     for cfg in [pretrain, *downstream.values()]:
