@@ -1,10 +1,21 @@
-"""Lightning callbacks with noisyseg's defaults."""
+"""Lightning callbacks and plugins with noisyseg's defaults.
+
+* :class:`RunCheckpoint` — checkpoints in a fixed folder per run directory, ``last.ckpt`` kept.
+* :class:`SafeCheckpointIO` — Lightning checkpoints written atomically (temp file in the same
+  folder + ``os.replace``) and read with ``torch.load(weights_only=True)`` only.
+"""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from typing import Any
 
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from noisyseg.checkpoints import atomic_write
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -13,18 +24,91 @@ class RunCheckpoint(ModelCheckpoint):
     Lightning's default puts them under a fresh ``lightning_logs/version_N`` each run, so the same
     command could never find its own last checkpoint again; a fixed folder per run directory is
     what makes ``noisyseg fit --config X --resume`` continue a killed run. Checkpoints are written
-    by Lightning through a temp file and rename, so a kill mid-write leaves the previous one intact.
+    through :class:`SafeCheckpointIO` (temp file + rename), so a kill mid-write leaves the
+    previous one intact.
 
     Args:
         every_n_train_steps: also checkpoint every N optimiser steps (long epochs on real data).
+        save_last: keep ``last.ckpt`` (what ``--resume`` reads).
+        save_top_k: best checkpoints to keep by ``monitor`` (default: 1 with a monitor, else 0).
+        monitor: metric to rank checkpoints by (``None``: keep only ``last.ckpt``).
+        **kwargs: other :class:`~lightning.pytorch.callbacks.ModelCheckpoint` options.
     """
 
-    def __init__(self, every_n_train_steps: int | None = None, **kwargs) -> None:
-        kwargs.setdefault("save_last", True)
-        kwargs.setdefault("save_top_k", 0 if "monitor" not in kwargs else 1)
-        super().__init__(every_n_train_steps=every_n_train_steps, **kwargs)
+    # the defaults are spelled out in the signature (not set with kwargs.setdefault) because
+    # jsonargparse passes every ModelCheckpoint default explicitly when the callback is given in
+    # YAML (`trainer.callbacks`), which silently turned save_last off and save_top_k to 1
+    def __init__(
+        self,
+        every_n_train_steps: int | None = None,
+        save_last: bool | None = True,
+        save_top_k: int | None = None,
+        monitor: str | None = None,
+        **kwargs,
+    ) -> None:
+        if save_top_k is None:
+            save_top_k = 0 if monitor is None else 1
+        super().__init__(
+            every_n_train_steps=every_n_train_steps, save_last=save_last, save_top_k=save_top_k,
+            monitor=monitor, **kwargs,
+        )
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
         super().setup(trainer, pl_module, stage)
+
+
+class CheckpointFileError(ValueError):
+    """A Lightning checkpoint is unreadable, or holds objects that a weights-only load refuses."""
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, hardened: atomic writes and weights-only reads.
+
+    * **Reads** always use ``torch.load(weights_only=True)`` (passed explicitly, so the
+      ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable cannot turn it off): a crafted
+      ``last.ckpt`` whose pickle would import ``os.system`` or ``exec`` is refused before anything
+      runs, with :class:`CheckpointFileError` naming the file. noisyseg's own checkpoints hold only
+      tensors and plain values, so they load. (Lightning 2.6 passes ``weights_only=None``, which
+      torch >= 2.6 also treats as ``True``, but an environment variable can flip that default.)
+    * **Writes** go to a temp file in the checkpoint's own folder, then ``os.replace``. Lightning's
+      own ``_atomic_save`` goes through an fsspec transaction whose temp file lives in the system
+      temp folder and is ``shutil.move``d into place: a copy, not a rename, when that folder is on
+      another filesystem, so a kill mid-copy could leave a truncated ``last.ckpt``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint_safely(path, map_location)
+
+
+def load_checkpoint_safely(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointFileError: the file is truncated/corrupt, or its pickle holds anything but
+            tensors and plain containers (a crafted file that would run code is refused unrun).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointFileError(
+            f"checkpoint {path} was refused: it holds objects that torch.load(weights_only=True) does not "
+            f"unpickle because they could run code ({first}); only load checkpoints you made yourself, "
+            "and never from an untrusted source"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointFileError(f"checkpoint {path} is truncated or not a torch checkpoint ({e})") from None
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise CheckpointFileError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict')")
+    return obj

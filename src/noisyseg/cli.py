@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("noisyseg: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FloatingPointError, PermissionError) as e:
-        # user errors: one clear line, no traceback from deep inside torch
+    except (ValueError, OSError, FloatingPointError) as e:
+        # user errors: one clear line, no traceback from deep inside torch. ValueError covers
+        # EncoderFileError / CheckpointFileError; OSError covers FileNotFoundError, PermissionError
+        # and the raster loaders' "cannot read raster file <path>"; each message names the file
         print(f"noisyseg {cmd}: error: {e}", file=sys.stderr)
         return 2
     print(f"noisyseg: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)

@@ -130,8 +130,14 @@ def remap_mask(
         unlabelled: raw value of "not labelled" pixels (partial labels).
 
     Raises:
-        ValueError: a key or target is not an integer (or ``'ignore'``).
+        ValueError: a key or target is not an integer (or ``'ignore'``), or ``mask`` holds
+            non-integer values.
     """
+    if mask.dtype.kind == "c" or (mask.dtype.kind == "f" and not np.all(mask == np.round(mask))):
+        # an int cast would truncate 0.7 to 0 silently (a resampled or probability mask); NaN fails too
+        bad = mask[mask != np.round(mask)][:3].tolist() if mask.dtype.kind == "f" else []
+        raise ValueError(f"mask of dtype {mask.dtype} has non-integer values such as {bad}; masks must hold "
+                         "integer class ids")
     out = mask.astype(np.int64, copy=True)
     for src, dst in (remap or {}).items():
         try:
@@ -149,8 +155,12 @@ def remap_mask(
 
 
 def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``[H, W]`` bool: a pixel is no-data when every band equals ``nodata`` (or is NaN)."""
-    invalid = np.all(np.isnan(image), 0) if image.dtype.kind == "f" else np.zeros(image.shape[1:], bool)
+    """``[H, W]`` bool: a pixel is no-data when every band equals ``nodata``, or any band is NaN/Inf.
+
+    One non-finite band is enough: the pixel cannot be fed to a network, and it would turn the
+    streamed band statistics (and with them every normalised image) into NaN.
+    """
+    invalid = np.any(~np.isfinite(image), 0) if image.dtype.kind == "f" else np.zeros(image.shape[1:], bool)
     if nodata is not None:
         invalid |= np.all(image == nodata, 0)
     return ~invalid
@@ -324,7 +334,9 @@ class RasterSegmentation(Dataset):
         self.windows: list[tuple[int, Window]] = []  # (image index, window) per sample
         self.sizes: list[tuple[int, int]] = []
         for i, paths in enumerate(self.images):
-            c, h, w, _, nd = raster_shape(paths)
+            c, h, w, dtype, nd = raster_shape(paths)
+            if np.dtype(dtype).kind == "c":  # a float cast would silently drop the imaginary part
+                raise ValueError(f"image {paths[0]} has dtype {dtype}; bands must be real (int or float)")
             self.nodata.append(nodata if nodata is not None else nd)
             if self.masks[i] is not None:
                 _, mh, mw, _, _ = raster_shape([self.masks[i]])
@@ -454,10 +466,21 @@ class RasterSegmentation(Dataset):
                 )
             image = (image - mean) / std
         image[:, ~valid] = 0.0  # no-data reads as the mean after normalisation
+        if raw.dtype.kind == "f":
+            nonfinite = int(np.any(~np.isfinite(raw), 0).sum())  # pixels with a NaN/Inf band
+            if nonfinite:
+                warnings.warn(
+                    f"{self.images[i][0]}: {nonfinite} pixel(s) with NaN/Inf bands in window "
+                    f"{[int(win.row_off), int(win.col_off)]} read as no-data (image 0, mask ignore_index)",
+                    stacklevel=2,
+                )
         mask = None
         if self.masks[i] is not None:
             raw_mask = read_window([self.masks[i]], win)[0]  # [h, w]
-            mask = remap_mask(raw_mask, self.remap, self.unlabelled)
+            try:
+                mask = remap_mask(raw_mask, self.remap, self.unlabelled)
+            except ValueError as err:
+                raise ValueError(f"mask {self.masks[i]}: {err}") from err
             mask[~valid] = IGNORE_INDEX
         image, mask = self._pad(image, mask)
         meta = {
@@ -465,7 +488,10 @@ class RasterSegmentation(Dataset):
             "mask_source": self.masks[i],
             "window": [int(win.row_off), int(win.col_off), int(win.height), int(win.width)],
         }
-        return make_sample(image, mask, meta=meta)
+        try:
+            return make_sample(image, mask, meta=meta)
+        except ValueError as err:  # wrong dtype (complex image, fractional mask): name the files
+            raise ValueError(f"{meta['source']} (mask {self.masks[i]}): {err}") from err
 
     def _pad(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Pad a raster smaller than the patch: image with 0, mask with IGNORE_INDEX."""

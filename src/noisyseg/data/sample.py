@@ -85,6 +85,8 @@ def _as_image(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
     if t.ndim != 3:
         raise ValueError(f"{name} must be [C, H, W], got shape {tuple(t.shape)}")
+    if t.is_complex() or t.dtype == torch.bool:  # a cast would drop the imaginary part silently
+        raise ValueError(f"{name} has dtype {t.dtype}; images must be real numbers (int or float bands)")
     return t.to(torch.float32)
 
 
@@ -94,6 +96,12 @@ def _as_mask(x: np.ndarray | torch.Tensor, image: torch.Tensor, name: str) -> to
         raise ValueError(f"{name} must be [H, W], got shape {tuple(t.shape)}")
     if tuple(t.shape) != tuple(image.shape[-2:]):
         raise ValueError(f"{name} is {tuple(t.shape)} but image is {tuple(image.shape[-2:])}")
+    if t.is_complex():
+        raise ValueError(f"{name} has dtype {t.dtype}; masks must hold integer class ids")
+    if t.is_floating_point() and not bool((t == t.round()).all()):  # NaN fails this too
+        bad = t[t != t.round()][:3].tolist()
+        raise ValueError(f"{name} is {t.dtype} with non-integer values such as {bad}; masks must hold "
+                         f"integer class ids (a resampled or probability mask?)")
     return t.to(torch.int64)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import yaml
 
-from noisyseg.callbacks import RunCheckpoint
+from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO
 from noisyseg.checkpoints import atomic_write
 from noisyseg.runtime import resolve_precision
 
@@ -111,7 +111,10 @@ def build_trainer(trainer_cfg: dict[str, Any], quiet: bool = False) -> L.Trainer
     callbacks = list(kwargs.pop("callbacks", None) or [])
     if kwargs.get("enable_checkpointing", True) and not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
         callbacks.append(RunCheckpoint())
-    return L.Trainer(callbacks=callbacks, **kwargs)
+    trainer = L.Trainer(callbacks=callbacks, **kwargs)
+    # atomic checkpoint writes; weights-only reads of ckpt_path (a crafted pickle is refused unrun)
+    trainer.strategy.checkpoint_io = SafeCheckpointIO()
+    return trainer
 
 
 def run_config(

@@ -52,12 +52,28 @@ class CEDiceLoss(nn.Module):
             raise ValueError(f"{self.class_weights.numel()} class weights for {logits.shape[1]} classes")
         loss = logits.new_zeros(())
         if self.ce_weight:
-            loss = loss + self.ce_weight * F.cross_entropy(
-                logits, target, weight=self.class_weights, ignore_index=self.ignore_index
-            )
+            loss = loss + self.ce_weight * self._cross_entropy(logits, target)
         if self.dice_weight:
             loss = loss + self.dice_weight * self.dice(logits, target)
         return loss
+
+    def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted-mean CE over labelled pixels; 0 (with a gradient) when none is labelled.
+
+        torch's ``reduction="mean"`` divides by the summed weight of the labelled pixels, which is
+        0/0 = NaN for an all-ignore batch (an empty mask, a tile of no-data) and would stop the run.
+        Sum / clamped weight is the same mean otherwise, and needs no device sync to decide.
+        """
+        total = F.cross_entropy(  # scalar: sum over labelled pixels of w[y] * -log p[y]
+            logits, target, weight=self.class_weights, ignore_index=self.ignore_index, reduction="sum"
+        )
+        valid = target != self.ignore_index  # B x H x W
+        if self.class_weights is None:
+            denom = valid.sum().to(logits.dtype)
+        else:
+            w = self.class_weights.to(logits.dtype)
+            denom = (w[target.where(valid, 0)] * valid).sum()  # summed weight of labelled pixels
+        return total / denom.clamp_min(torch.finfo(logits.dtype).tiny)
 
 
 def inverse_frequency_weights(counts: Sequence[int] | torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@
 * channels-last memory format for model and batches (oneDNN's fast bf16 convolutions want it);
 * AdamW or SGD with linear warm-up and cosine decay, stepped per optimiser step;
 * a NaN/Inf loss stops the run with a message naming the step (the last checkpoint stays good);
+* every batch is checked on the CPU before it moves to the device (no device sync): NaN/Inf
+  pixels and a band count that differs from the encoder's raise ValueError naming the source;
 * datasets with ``set_epoch`` (random pairings) are told the epoch;
 * at the end of ``fit`` the encoder is written to ``encoder_out`` as an encoder file.
 """
@@ -19,8 +21,19 @@ from torch import nn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from noisyseg.checkpoints import save_encoder
-from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.data.sample import IMAGE, IMAGE2, META
 from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
+
+
+def batch_sources(batch: dict, indices: list[int] | None = None, limit: int = 3) -> str:
+    """Where a collated batch came from, for error messages: its samples' ``meta`` sources."""
+    metas = batch.get(META) if isinstance(batch, dict) else None
+    if not isinstance(metas, list) or not metas:
+        return "a dataset without meta['source']"
+    picked = [metas[i] for i in (indices if indices is not None else range(len(metas))) if i < len(metas)]
+    names = [str(m.get("source", m.get("id", "?"))) if isinstance(m, dict) else "?" for m in picked]
+    names = list(dict.fromkeys(names))
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -72,6 +85,28 @@ class BaseTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # bad input is caught here, on the CPU copy, with a message naming its source: later it
+        # would be a NaN loss or a shape error from deep inside the first convolution
+        conv1 = getattr(getattr(self, "encoder", None), "conv1", None)
+        bands = int(conv1.weight.shape[1]) if conv1 is not None else None
+        for key in (IMAGE, IMAGE2):
+            x = batch.get(key) if isinstance(batch, dict) else None
+            if not isinstance(x, torch.Tensor):
+                continue
+            if x.ndim != 4 or not x.is_floating_point():
+                raise ValueError(f"batch {key!r} must be a float [B, C, H, W] tensor, got {x.dtype} "
+                                 f"{tuple(x.shape)} from {batch_sources(batch)}")
+            if bands is not None and x.shape[1] != bands:
+                raise ValueError(f"batch {key!r} has {x.shape[1]} bands but the model's encoder takes {bands} "
+                                 f"(set the model's in_channels to {x.shape[1]}, or select bands in the dataset); "
+                                 f"data from {batch_sources(batch)}")
+            if not torch.isfinite(x).all():  # B x C x H x W, one pass on the CPU
+                bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()  # sample indices
+                raise ValueError(f"batch {key!r} holds NaN/Inf pixels in sample(s) {bad} from "
+                                 f"{batch_sources(batch, bad)}; fix the data, or mark such pixels as no-data")
+        return batch
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if self.channels_last:

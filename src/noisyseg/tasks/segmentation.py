@@ -26,7 +26,7 @@ from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
 from noisyseg.models.segmentation import build_segmentation_model
-from noisyseg.tasks.base import BaseTask
+from noisyseg.tasks.base import BaseTask, batch_sources
 from noisyseg.transforms.batch import SegmentationAugment
 
 
@@ -125,6 +125,28 @@ class SegmentationTask(BaseTask):
             m = m[m != self.ignore_index]
             counts += torch.bincount(m, minlength=self.hparams.num_classes)[: self.hparams.num_classes]
         return counts
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)  # pixels and band count
+        # a label >= num_classes would end in an index assert deep inside cross_entropy (on CUDA a
+        # device-side assert that kills the process): check on the CPU copy, before the transfer
+        k = self.hparams.num_classes
+        for key in (MASK, CLEAN_MASK):
+            y = batch.get(key) if isinstance(batch, dict) else None
+            if not isinstance(y, torch.Tensor):
+                continue
+            if y.is_floating_point() or y.is_complex():
+                raise ValueError(f"batch {key!r} has dtype {y.dtype}; masks must hold integer class ids "
+                                 f"(data from {batch_sources(batch)})")
+            bad = ((y < 0) | (y >= k)) & (y != self.ignore_index)  # B x H x W
+            if bad.any():
+                rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
+                values = sorted(set(y[bad].unique()[:5].tolist()))
+                raise ValueError(f"batch {key!r} holds class id(s) {values} but num_classes={k}: valid labels are "
+                                 f"0..{k - 1} and ignore_index={self.ignore_index}; data from "
+                                 f"{batch_sources(batch, rows)} (remap the mask values in the dataset, or raise "
+                                 f"num_classes)")
+        return batch
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Lightning restores module modes itself (not through train()), so re-assert it per batch
