@@ -20,6 +20,15 @@ sums (torchmetrics' confusion matrix is); a per-rank *mean* such as ``val/loss``
 slightly more.
 
 Training loaders keep Lightning's padding sampler: padding there only repeats a few samples.
+
+Wiring (``DataModule._loader`` in ``data/datamodule.py``): for an eval loader under a process
+group, pass ``sampler=UnpaddedDistributedSampler(ds)`` (and ``shuffle=False``)::
+
+    sampler = UnpaddedDistributedSampler(ds) if not train and is_dist() else None
+    DataLoader(ds, ..., shuffle=train, sampler=sampler, ...)
+
+Loaders are built after Lightning has initialised the process group, so ``is_dist()`` is true
+there under DDP. ``tests/ddp/ddp_worker.py`` (``UnpaddedEvalDataModule``) does exactly this.
 """
 
 from __future__ import annotations

@@ -1,0 +1,183 @@
+"""A lazy, cached file index for tile folders of any size: paths only, no raster is opened.
+
+:class:`TileIndex` walks a folder tree once with ``os.scandir`` (directory entries only, no
+``stat`` per file, no GDAL open), pairs every image with its mask by file key, and writes the
+pairs to a manifest next to the data. Later runs read the manifest (one file) after checking that
+no scanned directory changed (one ``stat`` per directory, not per file). Paths are kept in two
+NumPy byte arrays rather than Python lists of ``str``: 100,000 pairs take a few MB, and DataLoader
+workers forked from the main process do not touch (and so copy) a page per path through
+reference counts (pytorch/pytorch#13246).
+
+Raster shapes, no-data values and empty-tile checks are left to the first read of a sample:
+that is what keeps indexing cheap (measured in ``benchmarks/bench_indexing.py``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["TileIndex"]
+
+MANIFEST_VERSION = 1
+
+
+class TileIndex:
+    """Image/mask path pairs of a tile tree, built by one directory walk and cached as a manifest.
+
+    Args:
+        root: folder the patterns are relative to.
+        images: ``fnmatch`` pattern of image paths relative to ``root`` (``"images/*/*.tif"``;
+            ``*`` also crosses ``/``, as in ``fnmatch``).
+        masks: pattern of mask paths, or ``None`` for image-only tiles.
+        mask_suffix: stem suffix of masks (``<tile>_mask.tif``: ``"_mask"``).
+        manifest: JSON file caching the pairs (``None``: build in memory every time). Keep it
+            outside the tile tree: inside, writing it changes its own folder's mtime, so that one
+            folder is not checked for added or removed tiles.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing, no image matches, or an image has no mask (named).
+
+    Attributes:
+        images, masks: ``[N]`` byte arrays of paths relative to ``root`` (``masks`` is ``None``
+            without masks); sorted by image path.
+        from_manifest: whether the pairs were read from the manifest rather than walked.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        images: str,
+        masks: str | None = None,
+        mask_suffix: str = "",
+        manifest: str | os.PathLike | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"tile root {self.root} is not a folder")
+        self.patterns = {"images": images, "masks": masks, "mask_suffix": mask_suffix}
+        self.from_manifest = False
+        cached = self._read_manifest(manifest) if manifest is not None else None
+        if cached is not None:
+            self.images, self.masks = cached
+            self.from_manifest = True
+            return
+        files, dirs = self._walk()
+        self.images, self.masks = self._pair(files)
+        if manifest is not None:
+            self._write_manifest(manifest, dirs)
+
+    # ----------------------------------------------------------------------------------- walking
+    def _walk(self) -> tuple[list[str], dict[str, int]]:
+        """Relative paths of all files under root and ``{relative dir: mtime_ns}`` of every dir."""
+        files: list[str] = []
+        dirs: dict[str, int] = {}
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            path = self.root / rel if rel else self.root
+            dirs[rel] = os.stat(path).st_mtime_ns  # a file added or removed changes its dir's mtime
+            with os.scandir(path) as it:
+                for entry in it:
+                    name = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.is_dir(follow_symlinks=False):  # d_type from the dirent: no stat
+                        stack.append(name)
+                    else:
+                        files.append(name)
+        return files, dirs
+
+    def _pair(self, files: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        images = sorted(fnmatch.filter(files, self.patterns["images"]))
+        if not images:
+            raise FileNotFoundError(f"no file under {self.root} matches images={self.patterns['images']!r}")
+        if self.patterns["masks"] is None:
+            return np.array(images, dtype=np.bytes_), None
+        suffix = self.patterns["mask_suffix"]
+        by_key: dict[str, str] = {}
+        for m in fnmatch.filter(files, self.patterns["masks"]):
+            stem = _stem(m)
+            by_key[stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem] = m
+        paired = []
+        for img in images:
+            key = _stem(img)
+            if key not in by_key:
+                raise FileNotFoundError(
+                    f"image {self.root / img} has no mask: no file matching {self.patterns['masks']!r} "
+                    f"with key {key!r} (mask_suffix={suffix!r})"
+                )
+            paired.append(by_key[key])
+        return np.array(images, dtype=np.bytes_), np.array(paired, dtype=np.bytes_)
+
+    # ----------------------------------------------------------------------------------- manifest
+    def _read_manifest(self, manifest: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None] | None:
+        path = Path(manifest)
+        if not path.is_file():
+            return None
+        try:
+            obj = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # a corrupt manifest is rebuilt, never trusted
+        if obj.get("version") != MANIFEST_VERSION or obj.get("patterns") != self.patterns:
+            return None
+        for rel, mtime in obj.get("dirs", {}).items():
+            try:
+                if mtime != -1 and os.stat(self.root / rel if rel else self.root).st_mtime_ns != mtime:
+                    return None
+            except FileNotFoundError:
+                return None
+        masks = obj.get("masks")
+        return (
+            np.array(obj["images"], dtype=np.bytes_),
+            None if masks is None else np.array(masks, dtype=np.bytes_),
+        )
+
+    def _write_manifest(self, manifest: str | os.PathLike, dirs: dict[str, int]) -> None:
+        """Write through a temp file and ``os.replace``: readers never see half a manifest.
+
+        A new subfolder or file changes the mtime of the folder holding it, so checking the
+        mtimes of all walked folders detects any change to the tree (not an edit in place of a
+        file, which leaves the pairing unchanged).
+        """
+        path = Path(manifest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # writing the manifest changes its own folder's mtime: that folder is not checked
+            own = path.parent.resolve().relative_to(self.root.resolve()).as_posix()
+            dirs = {**dirs, ("" if own == "." else own): -1}
+        except ValueError:
+            pass  # manifest outside the tree (recommended): every folder is checked
+        obj = {
+            "version": MANIFEST_VERSION,
+            "patterns": self.patterns,
+            "dirs": dirs,
+            "images": np.char.decode(self.images).tolist(),
+            "masks": None if self.masks is None else np.char.decode(self.masks).tolist(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(obj, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # ----------------------------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def pair(self, index: int) -> tuple[str, str | None]:
+        """Absolute image and mask paths of tile ``index`` (mask ``None`` without masks)."""
+        image = str(self.root / self.images[index].decode())
+        mask = None if self.masks is None else str(self.root / self.masks[index].decode())
+        return image, mask
+
+
+def _stem(rel: str) -> str:
+    """File name without its last suffix: ``a/b/t01_mask.tif`` -> ``t01_mask``."""
+    name = rel.rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0] if "." in name else name
