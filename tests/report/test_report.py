@@ -78,6 +78,16 @@ def test_noisy_pairs_report_series_and_verdicts(tmp_path):
     assert [float(r["mean"]) for r in got] == pytest.approx([0.7, 0.65, 0.6])
 
 
+def test_mere_exposure_for_one_method_only(tmp_path):
+    noisy_pairs_table(tmp_path / "full.csv")
+    from noisyseg.report.tables import load_table
+
+    rows = [r for r in load_table(tmp_path / "full.csv") if not (r["method"] == "dense" and r["mere_exposure"])]
+    sections = {s.name: s for s in build_report(rows, tmp_path / "rep")}
+    diff = sections["noisy_minus_mere"].data
+    assert set(diff.panels) == {"moco"} and diff.panels["moco"][(1.0, 0.5)].mean == pytest.approx(-0.1 + 0.02)
+
+
 def test_method_decoder_table_with_class_mismatch(tmp_path):
     rows = []
     for seed in (0, 1):

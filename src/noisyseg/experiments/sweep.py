@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import os
 import sys
@@ -66,6 +67,9 @@ def param_columns(plans: list[RunPlan]) -> list[str]:
 
 def execute_run(plan: RunPlan, out: str, columns: list[str], quiet: bool = True) -> dict[str, Any]:
     """Run one planned run and add its rows to the table (``done.json`` first, then the table)."""
+    if quiet:  # Lightning's per-run banners (GPU available, tips) would bury the progress bar
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     result = run_pipeline(plan, Path(out) / plan.run_id, quiet=quiet)
     append_rows(Path(out) / TABLE, result["rows"], columns)
     return {"run": plan.run_id, "seconds": result["seconds"], "rows": len(result["rows"])}

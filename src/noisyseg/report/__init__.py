@@ -114,8 +114,10 @@ def heatmap_rp(rows, out: Path) -> Section:
 def noisy_minus_mere(rows, out: Path) -> Section:
     sec = Section("noisy_minus_mere", "Noisy pairs minus mere exposure")
     sub = scored(rows, "miou")
-    noisy = heat_data([r for r in sub if r.get("mere_exposure") is False], "r", "p", exclude=("mere_exposure",))
-    mere = heat_data([r for r in sub if r.get("mere_exposure") is True], "r", "p", exclude=("mere_exposure",))
+    both = [r for r in sub if r.get("r") is not None and r.get("p") is not None]
+    others = varying(both, exclude=("r", "p", "mere_exposure"))  # the same panels for both arms
+    noisy = heat_data([r for r in both if r.get("mere_exposure") is False], "r", "p", others=others)
+    mere = heat_data([r for r in both if r.get("mere_exposure") is True], "r", "p", others=others)
     diff: dict[str, dict[tuple, Stat]] = {}
     for name, cells in mere.panels.items():
         for k, m in cells.items():

@@ -100,10 +100,15 @@ class Heat:
     panels: dict[str, dict[tuple, Stat]]
 
 
-def heat_data(rows: list[dict[str, Any]], x: str, y: str, exclude: tuple[str, ...] = ()) -> Heat:
-    """Mean ± std over seeds at each (x, y), one panel per setting of the other varying parameters."""
+def heat_data(rows: list[dict[str, Any]], x: str, y: str, exclude: tuple[str, ...] = (),
+              others: list[str] | None = None) -> Heat:
+    """Mean ± std over seeds at each (x, y), one panel per setting of the other varying parameters.
+
+    ``others`` fixes the panel columns (so two heatmaps of subsets get the same panel names).
+    """
     rows = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
-    others = varying(rows, exclude=(x, y, *exclude))
+    if others is None:
+        others = varying(rows, exclude=(x, y, *exclude))
     panels: dict[str, dict[tuple, Stat]] = {}
     for key, s in aggregate(rows, others + [x, y]).items():
         panels.setdefault(label(dict(zip(others, key[:-2])), others), {})[key[-2:]] = s
