@@ -101,7 +101,9 @@ def load_checkpoint_safely(path: str | Path, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message is many lines; keep the one naming the refused global (as interop.py does)
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "GLOBAL" in ln]
+        first = lines[0].split(" was not an allowed")[0] if lines else type(e).__name__
         raise CheckpointFileError(
             f"checkpoint {path} was refused: it holds objects that torch.load(weights_only=True) does not "
             f"unpickle because they could run code ({first}); only load checkpoints you made yourself, "

@@ -16,7 +16,7 @@ class Broken(Dataset):
     """``length`` samples of ``bands x size x size``; ``kind`` says what is wrong from ``start`` on.
 
     Kinds: ``ok``, ``nan`` (NaN pixels), ``label`` (class id 7), ``float_mask``, ``empty`` (all
-    pixels IGNORE_INDEX).
+    pixels IGNORE_INDEX), ``huge`` (finite pixels of 3e38 that overflow to Inf/NaN inside the network).
     """
 
     def __init__(self, kind: str = "ok", length: int = 8, size: int = 32, bands: int = 3, start: int = 0) -> None:
@@ -36,6 +36,8 @@ class Broken(Dataset):
                 y[0, 0] = 7
             elif self.kind == "float_mask":
                 y = y.float() * 0.5
+            elif self.kind == "huge":  # finite, but overflows to Inf in the first convolution
+                x = x.sign() * 3e38
             elif self.kind == "empty":
                 y[:] = IGNORE_INDEX
         return {IMAGE: x, MASK: y, META: {"source": f"broken-{self.kind}-{i}.tif"}}
