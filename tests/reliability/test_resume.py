@@ -7,7 +7,6 @@ The killed child is a real ``python -m noisyseg fit`` process; the rerun is the 
 
 from __future__ import annotations
 
-import logging
 import signal
 import subprocess
 import sys
@@ -17,12 +16,13 @@ from pathlib import Path
 import torch
 
 from conftest import subprocess_env, tiny_config, write_config
+from noisyseg.callbacks import SafeCheckpointIO
 from noisyseg.checkpoints import read_encoder
 
 MAX_STEPS = 8
 
 
-def test_sigkill_then_resume_reaches_the_same_final_step(run_cli, tmp_path, caplog):
+def test_sigkill_then_resume_reaches_the_same_final_step(run_cli, tmp_path, monkeypatch):
     run = tmp_path / "run"
     cfg = tiny_config(run, model={"encoder_out": str(run / "encoder.safetensors")}, max_steps=MAX_STEPS, every=2)
     path = write_config(tmp_path / "tiny.yaml", cfg)
@@ -44,10 +44,14 @@ def test_sigkill_then_resume_reaches_the_same_final_step(run_cli, tmp_path, capl
     assert 2 <= step_at_kill < MAX_STEPS
     assert not (run / "encoder.safetensors").exists()  # written only at the end of fit
 
-    with caplog.at_level(logging.INFO):
-        code, err = run_cli(["fit", "--config", path, "--resume"])
+    loaded = []  # what the resumed run restored from (proof that it resumed rather than restarted)
+    read = SafeCheckpointIO.load_checkpoint
+    monkeypatch.setattr(SafeCheckpointIO, "load_checkpoint",
+                        lambda self, p, *a, **k: loaded.append((str(p), read(self, p, *a, **k)["global_step"]))
+                        or read(self, p, *a, **k))
+    code, err = run_cli(["fit", "--config", path, "--resume"])
     assert code == 0, err
-    assert "Restoring states from the checkpoint path" in caplog.text and "last.ckpt" in caplog.text
+    assert loaded == [(str(last), step_at_kill)]
     assert torch.load(last, weights_only=True)["global_step"] == MAX_STEPS
     _, meta = read_encoder(run / "encoder.safetensors")
     assert meta["trained"]["steps"] == MAX_STEPS
