@@ -115,6 +115,19 @@ def test_chaining_puts_everything_under_the_run_dir(tmp_path):
     assert all(c["model"]["init_args"]["encoder_path"] is None for c in resolve_run(rnd, tmp_path).get("downstream").values())
 
 
+def test_set_overrides_from_the_command_line(tmp_path, monkeypatch, capsys):
+    fake = Counter()
+    monkeypatch.setattr(pipeline, "run_config", fake)
+    spec = write_spec(tmp_path, grid={"pretrain": ["sup"]}, seeds=[0])
+    out = tmp_path / "out"
+    assert sweep.main([str(spec), "--out", str(out), "--set", "*.trainer.max_steps=7",
+                       "--set", "pretrain.model.init_args.lr=0.5"]) == 0
+    cfg = yaml.safe_load((out / "method-sup_seed-0" / "config.yaml").read_text())
+    assert cfg["pretrain"]["trainer"]["max_steps"] == 7 and cfg["pretrain"]["model"]["init_args"]["lr"] == 0.5
+    assert all(c["trainer"]["max_steps"] == 7 for c in cfg["downstream"].values())
+    assert sweep.main([str(spec), "--set", "oops"]) == 2 and "KEY=VALUE" in capsys.readouterr().err
+
+
 def test_variant_and_union_of_grids(tmp_path):
     assert {p.seed for p in plan_runs(load_spec(write_spec(tmp_path), "quick"))} == {3}
     grid = [{"pretrain": ["random"]},

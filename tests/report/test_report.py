@@ -133,7 +133,8 @@ def test_alpha_and_label_noise_sections(tmp_path):
     assert set(miou.series) == {"false_negative=reference", "false_negative=per_anchor"}
     assert set(miou.baselines) == {"false_negative=none"}
     assert [s.mean for _, s in miou.series["false_negative=per_anchor"]] == pytest.approx([0.6, 0.62, 0.64])
-    assert any("best α=1.0: 64.0 ± 0.7 vs 60.0 ± 0.7 — **reproduced**" in line for line in sections["alpha"].lines)
+    assert any("best α=1.0: 64.0 ± 0.7 vs false_negative=none 60.0 ± 0.7 — **reproduced**" in line
+               for line in sections["alpha"].lines)
 
     rows = []
     for seed in (0, 1):
@@ -146,7 +147,20 @@ def test_alpha_and_label_noise_sections(tmp_path):
     ln = sections["label_noise"].data["miou"]
     assert list(ln.series) == ["supervised"] and set(ln.baselines) == {"random"}
     assert [s.mean for _, s in ln.series["supervised"]] == pytest.approx([0.7, 0.67, 0.63])
-    assert "0.0 vs 63.0 ± 0.7 at 0.7; random init 50.0 ± 0.7 — **reproduced**" in sections["label_noise"].lines[1]
+    assert "0.0 vs 63.0 ± 0.7 at 0.7; random 50.0 ± 0.7 — **reproduced**" in sections["label_noise"].lines[1]
+    # two downstreams: each series is compared with the random arm of its own downstream
+    for r in rows:
+        if r["method"] == "random" and r["downstream"] == "unet":
+            twin = {**r, "downstream": "probe", "value": r["value"] + 0.3 if r["metric"] == "miou" else r["value"]}
+            rows.append(twin)
+        elif r["method"] == "supervised" and r["downstream"] == "unet":
+            rows.append({**r, "downstream": "probe"})
+    write_rows(tmp_path / "ln2.csv", rows, ["run", "seed", "method", "flip_rate"])
+    sec = {s.name: s for s in build_report(load_table(tmp_path / "ln2.csv"), tmp_path / "rep3")}["label_noise"]
+    probe = next(line for line in sec.lines if line.startswith("- supervised, probe"))
+    assert "random, probe 80.0 ± 0.7 — **not reproduced at this scale**" in probe
+    unet = next(line for line in sec.lines if line.startswith("- supervised, unet"))
+    assert "random, unet 50.0 ± 0.7 — **reproduced**" in unet
 
 
 def test_verdict_rules():
@@ -154,6 +168,7 @@ def test_verdict_rules():
     assert verdict(a, b) == "reproduced" and verdict(b, a) == "not reproduced at this scale"
     assert verdict(stat([0.60, 0.70]), stat([0.62, 0.66])).startswith("inconclusive")
     assert "one seed" in verdict(stat([0.6]), stat([0.5]))
+    assert verdict(stat([0.6001]), stat([0.6])).startswith("inconclusive (difference below")
 
 
 def test_bad_input_exits_2(tmp_path, capsys):

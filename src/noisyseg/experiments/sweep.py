@@ -161,6 +161,21 @@ def _record_spec(spec: SweepSpec, plans: list[RunPlan], out: Path) -> None:
     atomic_write(out / "sweep.yaml", lambda tmp: Path(tmp).write_text(text))
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values parsed as YAML).
+
+    Raises:
+        SpecError: an item without ``=``.
+    """
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SpecError(f"--set {item!r}: write KEY=VALUE, e.g. '*.trainer.max_steps=1'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="noisyseg sweep", description=__doc__.splitlines()[0])
     ap.add_argument("spec", help="sweep spec YAML (see configs/studies/)")
@@ -168,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     ap.add_argument("--out", help="output folder (default runs/studies/<name>[-<variant>])")
     ap.add_argument("--dry-run", action="store_true", help="plan and check every run, print them, run nothing")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override after the spec's and the variant's (YAML value), e.g. "
+                         "'*.trainer.max_steps=1'; repeatable; part of each run's config")
     ap.add_argument("--verbose", action="store_true", help="Lightning progress bars and logs per run")
     args = ap.parse_args(argv)
     try:
         if args.jobs < 1:
             raise SpecError(f"--jobs {args.jobs} must be >= 1")
         spec = load_spec(args.spec, args.variant)
+        spec.overrides.update(parse_sets(args.set))
         plans = plan_runs(spec)
         out = Path(args.out) if args.out else default_out(spec)
         if args.dry_run:

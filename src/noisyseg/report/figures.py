@@ -42,6 +42,22 @@ class Lines:
     metric: str
     series: dict[str, list[tuple[Any, Stat]]] = field(default_factory=dict)
     baselines: dict[str, Stat] = field(default_factory=dict)
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> the column values it stands for
+
+    def baseline_for(self, name: str) -> tuple[str, Stat] | None:
+        """The reference line of the same setting (e.g. the same downstream) as series ``name``.
+
+        Columns on which reference lines differ from every series by construction (``method``
+        random, ``false_negative`` none) are not compared; the others (``downstream``) must match.
+        """
+        mine = self.keys.get(name, {})
+        in_series = {c: {self.keys[n].get(c) for n in self.series} for c in mine}
+        for bname, s in self.baselines.items():
+            theirs = self.keys.get(bname, {})
+            shared = [c for c, v in theirs.items() if v is not None and v in in_series.get(c, ())]
+            if all(mine.get(c) == theirs[c] for c in shared):
+                return bname, s
+        return None
 
 
 def lines_data(rows: list[dict[str, Any]], x: str, metric: str) -> Lines:
@@ -51,12 +67,15 @@ def lines_data(rows: list[dict[str, Any]], x: str, metric: str) -> Lines:
     with_x = [r for r in rows if r.get(x) is not None]
     series: dict[str, list[tuple[Any, Stat]]] = {}
     for key, s in aggregate(with_x, others + [x]).items():
-        series.setdefault(label(dict(zip(others, key[:-1])), others), []).append((key[-1], s))
+        name = label(dict(zip(others, key[:-1])), others)
+        out.keys[name] = dict(zip(others, key[:-1]))
+        series.setdefault(name, []).append((key[-1], s))
     out.series = {name: sorted(pts, key=lambda p: p[0]) for name, pts in sorted(series.items())}
     # arms without the parameter (random init, plain InfoNCE): constant reference lines
     for key, s in aggregate([r for r in rows if r.get(x) is None], others).items():
         name = label(dict(zip(others, key)), others)
-        out.baselines[f"no {x}" if name == "all" else name] = s
+        name = f"no {x}" if name == "all" else name
+        out.baselines[name], out.keys[name] = s, dict(zip(others, key))
     return out
 
 

@@ -20,6 +20,10 @@ METRICS = ("miou", "f1")
 """Metrics the figures plot (keys of SegmentationTask's test scores)."""
 
 
+MIN_DIFF = 0.001
+"""Differences smaller than 0.1 points (invisible at the report's precision) are never a verdict."""
+
+
 class ReportError(ValueError):
     """The sweep folder has no usable results table."""
 
@@ -121,8 +125,10 @@ def verdict(a: Stat, b: Stat, expect_greater: bool = True) -> str:
     """
     diff = a.mean - b.mean
     spread = max(a.std, b.std)
-    if abs(diff) <= spread or diff == 0:
+    if abs(diff) <= spread:
         return "inconclusive (difference within one std)"
+    if abs(diff) < MIN_DIFF:
+        return f"inconclusive (difference below {100 * MIN_DIFF:.1f} points)"
     ok = diff > 0 if expect_greater else diff < 0
     out = "reproduced" if ok else "not reproduced at this scale"
     return out + (" (one seed: no spread to judge by)" if max(a.n, b.n) < 2 else "")
