@@ -1,0 +1,38 @@
+"""The benchmark helpers count and time what they claim (no timed assertions: speed lives in benchmarks/)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_flops  # noqa: E402
+import common  # noqa: E402
+
+
+def test_flop_counter_gives_analytic_conv_flops():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.randn(2, 3, 16, 16)
+    # forward: 2 FLOPs per multiply-add, one per output element and kernel tap: N*Cout*H*W*Cin*k*k
+    assert bench_flops.count_flops(lambda: conv(x)) == 2 * 2 * 8 * 16 * 16 * 3 * 3 * 3
+    # backward adds the weight gradient (same count; the input needs no gradient)
+    assert bench_flops.count_flops(lambda: conv(x).sum().backward()) == 2 * (2 * 2 * 8 * 16 * 16 * 27)
+
+
+def test_step_clock_times_from_end_of_warmup():
+    clock = common.step_clock_callback(warmup=2)
+    clock.ends = [0.0, 1.0, 3.0, 4.0, 5.0]  # ends of 5 steps; the window is (1.0, 5.0] with 3 steps
+    assert clock.rate(batch_size=8) == pytest.approx(3 * 8 / 4.0)
+    with pytest.raises(ValueError, match="warmup=0"):
+        common.step_clock_callback(warmup=0)
+
+
+def test_results_written_with_ratio(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    rows = [common.row("moco", "train img/s", 30.0, 10.0, "torchgeo fp32", "img/s", "≥ 3.0×", {"a": [1.0]})]
+    md = common.write_results(rows, {"time": "now"}, {"quick": True})
+    assert "3.00×" in md.read_text() and "| 30.0 |" in md.read_text()
+    assert json.loads((tmp_path / "latest.json").read_text())["rows"][0]["ratio"] == 3.0
