@@ -15,16 +15,71 @@ that is what keeps indexing cheap (measured in ``benchmarks/bench_indexing.py``)
 from __future__ import annotations
 
 import fnmatch
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TileIndex"]
+__all__ = ["TileIndex", "glob_paths", "path_stem", "encode_paths"]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: ``exclude`` suffixes among the patterns; UTF-8 paths
+_MAGIC = re.compile(r"[*?[]")  # what makes a path component a glob pattern (as in ``glob``)
+
+
+def glob_paths(pattern: str, dirs: bool = False) -> list[str]:
+    """``sorted(glob.glob(pattern))`` restricted to files (or folders), without a ``stat`` per match.
+
+    Same matching as :func:`glob.glob` (non-recursive; names starting with ``.`` only match a
+    component starting with ``.``), but the last component is listed with ``os.scandir``, whose
+    entries know their type from the directory itself: 100,000 tiles take ~0.2 s instead of
+    ~1 s for ``glob`` + ``Path.is_file`` per match.
+
+    Args:
+        pattern: glob pattern, e.g. ``/data/images/*/*.tif``.
+        dirs: return folders instead of files.
+    """
+    head, tail = os.path.split(pattern)
+    if not _MAGIC.search(tail):  # at most one match per parent: check each one directly
+        check = os.path.isdir if dirs else os.path.isfile
+        return sorted(p for p in glob.glob(pattern) if check(p))
+    parents = glob.glob(head) if _MAGIC.search(head) else [head]
+    hidden_ok = tail.startswith(".")
+    out: list[str] = []
+    for parent in parents:
+        try:
+            with os.scandir(parent or os.curdir) as it:
+                entries = {e.name: e for e in it if hidden_ok or not e.name.startswith(".")}
+        except (NotADirectoryError, FileNotFoundError, PermissionError):
+            continue  # glob.glob(head) also returns files; they hold nothing
+        for name in fnmatch.filter(entries, tail):
+            try:  # d_type from the dirent: a stat only for symlinks (followed, as Path.is_file does)
+                ok = entries[name].is_dir() if dirs else entries[name].is_file()
+            except OSError:
+                ok = False
+            if ok:
+                out.append(os.path.join(parent, name))
+    out.sort()
+    return out
+
+
+def path_stem(path: str) -> str:
+    """:attr:`pathlib.PurePath.stem` of a ``/``-separated path, without building a ``Path``."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    i = name.rfind(".")
+    return name[:i] if 0 < i < len(name) - 1 else name
+
+
+def encode_paths(paths: list[str]) -> np.ndarray:
+    """``[N]`` byte array of paths (``os.fsencode``: any file name survives the round trip).
+
+    One fixed-width array instead of N Python strings: a few MB for 100,000 paths, and no per-path
+    reference counts for forked DataLoader workers to touch (pytorch/pytorch#13246).
+    """
+    return np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
 
 
 class TileIndex:
@@ -39,6 +94,8 @@ class TileIndex:
         manifest: JSON file caching the pairs (``None``: build in memory every time). Keep it
             outside the tile tree: inside, writing it changes its own folder's mtime, so that one
             folder is not checked for added or removed tiles.
+        exclude: file-name suffixes never taken as images or masks, compared in lower case
+            (sidecars such as ``.aux.xml`` that a broad pattern like ``images/*`` would match).
 
     Raises:
         FileNotFoundError: ``root`` is missing, no image matches, or an image has no mask (named).
@@ -56,11 +113,13 @@ class TileIndex:
         masks: str | None = None,
         mask_suffix: str = "",
         manifest: str | os.PathLike | None = None,
+        exclude: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"tile root {self.root} is not a folder")
-        self.patterns = {"images": images, "masks": masks, "mask_suffix": mask_suffix}
+        self.patterns = {"images": images, "masks": masks, "mask_suffix": mask_suffix,
+                         "exclude": [e.lower() for e in exclude]}
         self.from_manifest = False
         cached = self._read_manifest(manifest) if manifest is not None else None
         if cached is not None:
@@ -92,26 +151,29 @@ class TileIndex:
         return files, dirs
 
     def _pair(self, files: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        exclude = tuple(self.patterns["exclude"])
+        if exclude:
+            files = [f for f in files if not f.lower().endswith(exclude)]
         images = sorted(fnmatch.filter(files, self.patterns["images"]))
         if not images:
             raise FileNotFoundError(f"no file under {self.root} matches images={self.patterns['images']!r}")
         if self.patterns["masks"] is None:
-            return np.array(images, dtype=np.bytes_), None
+            return encode_paths(images), None
         suffix = self.patterns["mask_suffix"]
         by_key: dict[str, str] = {}
         for m in fnmatch.filter(files, self.patterns["masks"]):
-            stem = _stem(m)
+            stem = path_stem(m)
             by_key[stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem] = m
         paired = []
         for img in images:
-            key = _stem(img)
+            key = path_stem(img)
             if key not in by_key:
                 raise FileNotFoundError(
                     f"image {self.root / img} has no mask: no file matching {self.patterns['masks']!r} "
                     f"with key {key!r} (mask_suffix={suffix!r})"
                 )
             paired.append(by_key[key])
-        return np.array(images, dtype=np.bytes_), np.array(paired, dtype=np.bytes_)
+        return encode_paths(images), encode_paths(paired)
 
     # ----------------------------------------------------------------------------------- manifest
     def _read_manifest(self, manifest: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -131,10 +193,7 @@ class TileIndex:
             except FileNotFoundError:
                 return None
         masks = obj.get("masks")
-        return (
-            np.array(obj["images"], dtype=np.bytes_),
-            None if masks is None else np.array(masks, dtype=np.bytes_),
-        )
+        return encode_paths(obj["images"]), None if masks is None else encode_paths(masks)
 
     def _write_manifest(self, manifest: str | os.PathLike, dirs: dict[str, int]) -> None:
         """Write through a temp file and ``os.replace``: readers never see half a manifest.
@@ -154,8 +213,8 @@ class TileIndex:
             "version": MANIFEST_VERSION,
             "patterns": self.patterns,
             "dirs": dirs,
-            "images": np.char.decode(self.images).tolist(),
-            "masks": None if self.masks is None else np.char.decode(self.masks).tolist(),
+            "images": [os.fsdecode(p) for p in self.images],
+            "masks": None if self.masks is None else [os.fsdecode(p) for p in self.masks],
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -172,12 +231,6 @@ class TileIndex:
 
     def pair(self, index: int) -> tuple[str, str | None]:
         """Absolute image and mask paths of tile ``index`` (mask ``None`` without masks)."""
-        image = str(self.root / self.images[index].decode())
-        mask = None if self.masks is None else str(self.root / self.masks[index].decode())
+        image = str(self.root / os.fsdecode(self.images[index]))
+        mask = None if self.masks is None else str(self.root / os.fsdecode(self.masks[index]))
         return image, mask
-
-
-def _stem(rel: str) -> str:
-    """File name without its last suffix: ``a/b/t01_mask.tif`` -> ``t01_mask``."""
-    name = rel.rsplit("/", 1)[-1]
-    return name.rsplit(".", 1)[0] if "." in name else name

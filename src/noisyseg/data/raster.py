@@ -15,12 +15,14 @@ The small helpers (:func:`patch_starts`, :func:`open_raster`, :func:`band_statis
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,10 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
+from noisyseg.data.index import TileIndex, encode_paths, glob_paths, path_stem
 from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample
+
+log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIXES = (".hdr", ".aux.xml", ".ovr", ".xml", ".prj", ".tfw", ".pgw", ".wld", ".json")
 """Files a glob may match that are headers or sidecars, never rasters (ENVI ``.hdr`` / ``.HDR``)."""
@@ -87,9 +92,19 @@ def read_window(
     Raises:
         OSError: a file cannot be read (named).
     """
+    with ExitStack() as stack:
+        srcs = [stack.enter_context(open_raster(p)) for p in paths]
+        return read_sources(srcs, paths, window, indexes)
+
+
+def read_sources(
+    srcs: list[rasterio.DatasetReader], paths: list[str], window: Window | None,
+    indexes: list[int] | None = None,
+) -> np.ndarray:
+    """:func:`read_window` from rasters already open (``paths`` name them in errors)."""
     arrays = []
-    for p in paths:
-        with open_raster(p) as src, warnings.catch_warnings():
+    for src, p in zip(srcs, paths):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             try:
                 arr = src.read(indexes if len(paths) == 1 else 1, window=window)
@@ -105,10 +120,15 @@ def raster_shape(paths: list[str]) -> tuple[int, int, int, str, float | None]:
     Raises:
         ValueError: single-band files of one image differ in size (names them).
     """
-    shapes = []
-    for p in paths:
-        with open_raster(p) as src:
-            shapes.append((src.count, src.height, src.width, src.dtypes[0], src.nodata))
+    with ExitStack() as stack:
+        return sources_shape([stack.enter_context(open_raster(p)) for p in paths], paths)
+
+
+def sources_shape(
+    srcs: list[rasterio.DatasetReader], paths: list[str]
+) -> tuple[int, int, int, str, float | None]:
+    """:func:`raster_shape` of rasters already open."""
+    shapes = [(src.count, src.height, src.width, src.dtypes[0], src.nodata) for src in srcs]
     if len({s[1:3] for s in shapes}) > 1:
         sizes = ", ".join(f"{p} {s[1]}x{s[2]}" for p, s in zip(paths, shapes))
         raise ValueError(f"band files of one image differ in size: {sizes}")
@@ -167,14 +187,15 @@ def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
 
 
 def band_statistics(
-    images: list[list[str]], nodata: list[float | None], indexes: list[int] | None = None,
-    rows_per_read: int = 256,
+    images: Sequence[list[str]], nodata: Sequence[float | None] | None,
+    indexes: list[int] | None = None, rows_per_read: int = 256,
 ) -> dict[str, Any]:
     """Per-band mean/std over all valid pixels, streamed in row strips (bounded memory).
 
     Args:
         images: per image, its file list (see :func:`read_window`).
-        nodata: per image, its no-data value (``None`` = none).
+        nodata: per image, its no-data value (``None`` = none); ``None`` instead of a list takes
+            each file's own no-data value.
         indexes: 1-based bands of multi-band files.
         rows_per_read: rows per windowed read.
 
@@ -185,22 +206,26 @@ def band_statistics(
     total = total_sq = None
     count = 0
     empty: list[int] = []
-    for i, (paths, nd) in enumerate(zip(images, nodata)):
-        _, h, w, _, _ = raster_shape(paths)
-        nonzero = False
-        for row in range(0, h, rows_per_read):
-            win = Window(0, row, w, min(rows_per_read, h - row))
-            x = read_window(paths, win, indexes)  # [C, r, w]
-            ok = valid_pixels(x, nd)  # [r, w]
-            v = x[:, ok].astype(np.float64)  # [C, n valid]
-            if total is None:
-                total, total_sq = np.zeros(x.shape[0]), np.zeros(x.shape[0])
-            if v.shape[0] != total.shape[0]:
-                raise ValueError(f"{paths[0]} has {v.shape[0]} bands, earlier images {total.shape[0]}")
-            total += v.sum(1)
-            total_sq += (v**2).sum(1)
-            count += v.shape[1]
-            nonzero = nonzero or bool(np.any(v != 0))
+    for i in range(len(images)):
+        paths = images[i]
+        with ExitStack() as stack:  # each file opened once for all its strips
+            srcs = [stack.enter_context(open_raster(p)) for p in paths]
+            _, h, w, _, own = sources_shape(srcs, paths)
+            nd = own if nodata is None else nodata[i]
+            nonzero = False
+            for row in range(0, h, rows_per_read):
+                win = Window(0, row, w, min(rows_per_read, h - row))
+                x = read_sources(srcs, paths, win, indexes)  # [C, r, w]
+                ok = valid_pixels(x, nd)  # [r, w]
+                v = x[:, ok].astype(np.float64)  # [C, n valid]
+                if total is None:
+                    total, total_sq = np.zeros(x.shape[0]), np.zeros(x.shape[0])
+                if v.shape[0] != total.shape[0]:
+                    raise ValueError(f"{paths[0]} has {v.shape[0]} bands, earlier images {total.shape[0]}")
+                total += v.sum(1)
+                total_sq += (v**2).sum(1)
+                count += v.shape[1]
+                nonzero = nonzero or bool(np.any(v != 0))
         if not nonzero:
             empty.append(i)
     if total is None or count == 0:
@@ -231,16 +256,23 @@ def find_files(root: Path, pattern: str | list[str], what: str, dirs: bool = Fal
     Raises:
         FileNotFoundError: the glob matches nothing, or a listed file is missing (named).
     """
+    return [Path(p) for p in find_paths(root, pattern, what, dirs)]
+
+
+def find_paths(root: Path, pattern: str | list[str], what: str, dirs: bool = False) -> list[str]:
+    """:func:`find_files` as ``str`` paths, listed without a ``stat`` per file (:func:`glob_paths`).
+
+    Raises:
+        FileNotFoundError: the glob matches nothing, or a listed file is missing (named).
+    """
     if isinstance(pattern, (list, tuple)):
-        out = [root / p for p in pattern]
+        out = [str(root / p) for p in pattern]
         for p in out:
-            if not p.exists():
+            if not os.path.exists(p):
                 raise FileNotFoundError(f"{what} file {p} does not exist")
         return out
     full = str(root / pattern)
-    out = [Path(p) for p in sorted(glob.glob(full))]
-    out = [p for p in out if (p.is_dir() if dirs else p.is_file())]
-    out = [p for p in out if not p.name.lower().endswith(SIDECAR_SUFFIXES)]
+    out = [p for p in glob_paths(full, dirs) if not os.path.basename(p).lower().endswith(SIDECAR_SUFFIXES)]
     if not out:
         kind = "folders" if dirs else "files"
         raise FileNotFoundError(f"the {what} glob {full!r} matches no {kind}")
@@ -248,12 +280,31 @@ def find_files(root: Path, pattern: str | list[str], what: str, dirs: bool = Fal
 
 
 # ----------------------------------------------------------------------------------------- dataset
+VALIDATE_MAX_IMAGES = 1000
+"""Above this many images, ``validate=None`` indexes lazily (no raster opened in ``__init__``).
+
+Opening an image and its mask costs ~3 ms (GDAL's open dominates), so 1,000 pairs add ~3 s to
+start-up and 100,000 pairs ~5 minutes (``benchmarks/results/indexing.md``)."""
+
+
 class RasterSegmentation(Dataset):
     """Image/mask pairs from raster folders, cut into patches with windowed reads.
 
+    **Indexing is lazy for large folders.** Listing files is cheap (one ``os.scandir`` per folder,
+    no ``stat`` per file); opening each raster for its size, dtype and no-data value is not
+    (~3 ms a pair). With one sample per file (``patch_size=None``) and ``validate`` off -- the
+    default above :data:`VALIDATE_MAX_IMAGES` images -- ``__init__`` opens no raster: each
+    ``__getitem__``, which opens its files anyway, reads the metadata there and makes the checks
+    ``__init__`` would have made (complex dtype, band files of one chip differing in size, image and
+    mask differing in size), raising with the same messages that name the files. The trade-off: a
+    bad file in a large folder surfaces when it is read, not at start-up; pass ``validate=True`` to
+    check every file now, or run one pass over the dataset. ``patch_size`` needs every raster's
+    size to cut windows, so it always opens them (but skips the empty-patch scan unless asked).
+
     Args:
         images: glob (relative to ``root``) or list of image files; with ``bands`` they name the
-            per-chip folders instead (``train_features/*``).
+            per-chip folders instead (``train_features/*``). With ``manifest``, an ``fnmatch``
+            pattern relative to ``root`` (see :class:`~noisyseg.data.index.TileIndex`).
         masks: glob or list of mask files (``None``: image-only samples). Paired with images by key
             (file stem, or chip folder name) after removing ``mask_suffix`` from mask stems; an
             explicit list of the same length as an explicit image list pairs by position.
@@ -267,24 +318,42 @@ class RasterSegmentation(Dataset):
         unlabelled: raw mask value of unlabelled pixels (partial labels) -> IGNORE_INDEX.
         nodata: image no-data value overriding the files' own (``None``: use the file's).
         normalize: subtract the per-band mean and divide by the std.
-        mean: per-band means in raw units (skip computing them); needs ``std``.
+        mean: per-band means in raw units (skip computing them); needs ``std``. Computing them
+            instead reads every pixel once (then cached in ``stats_cache``).
         std: per-band standard deviations in raw units.
         stats_cache: JSON file for the streamed statistics and empty-tile list, reused while the
-            file list, sizes and options are unchanged (``None``: compute in memory).
+            file list and options are unchanged (``None``: compute in memory). Validated datasets
+            fingerprint each file's size and mtime; lazy ones the path list and the mtimes of the
+            folders holding the files (one ``stat`` per folder: files added, removed or renamed
+            invalidate the cache, a file rewritten in place does not).
         normalization_from: a cache JSON written by another dataset (the train split) to take
             mean/std from.
-        skip_empty: drop all-zero / all-no-data patches (warned, counted in ``stats``).
+        skip_empty: drop all-zero / all-no-data patches (warned, counted in ``stats``). Finding
+            them reads every patch once (cached in ``stats_cache``); ``None`` (default) does so only
+            when ``validate`` is on.
         size_mismatch: ``"error"`` or ``"crop"`` (crop image and mask to the common size).
+        validate: open every raster in ``__init__`` to check dtypes and image/mask sizes now
+            (``None``: only for at most :data:`VALIDATE_MAX_IMAGES` images).
+        manifest: JSON file listing the image/mask pairs, written by
+            :class:`~noisyseg.data.index.TileIndex` on the first run (one directory walk) and read
+            back while no folder under ``root`` changed (0.06 s for 100,000 pairs). ``images`` and
+            ``masks`` must then be patterns; not with ``bands``.
 
     Raises:
         FileNotFoundError: a glob matches nothing, or an image has no mask (named).
-        ValueError: bad options, or an image and its mask differ in size (with ``"error"``).
-        OSError: a file cannot be read (named).
+        ValueError: bad options, or an image and its mask differ in size (with ``"error"``; from
+            ``__getitem__`` when indexed lazily).
+        OSError: a file cannot be read (named; from ``__getitem__`` when indexed lazily).
 
     Attributes:
         stats: counts of what indexing did (``images``, ``patches``, ``empty_skipped``,
-            ``size_cropped``).
+            ``size_cropped``; lazily indexed, ``size_cropped`` counts the crops made by reads in
+            this process, since sizes are unknown at indexing time).
         normalization: ``{"mean": [...], "std": [...]}`` in raw units, or ``None``.
+        lazy: whether rasters are opened only by ``__getitem__``.
+        images, masks: per image, its file list / its mask path (``None`` without masks); views
+            over compact byte arrays, not lists.
+        nodata: per image, its no-data value (``None`` when lazy: read with the pixels).
     """
 
     def __init__(
@@ -305,8 +374,10 @@ class RasterSegmentation(Dataset):
         std: list[float] | None = None,
         stats_cache: str | None = None,
         normalization_from: str | None = None,
-        skip_empty: bool = True,
+        skip_empty: bool | None = None,
         size_mismatch: str = "error",
+        validate: bool | None = None,
+        manifest: str | None = None,
     ) -> None:
         if size_mismatch not in ("error", "crop"):
             raise ValueError(f"size_mismatch={size_mismatch!r}; valid: 'error', 'crop'")
@@ -318,45 +389,33 @@ class RasterSegmentation(Dataset):
         self.band_indexes = band_indexes
         self.patch_size, self.overlap = patch_size, overlap
         self.remap, self.unlabelled = remap, unlabelled
+        self.size_mismatch, self.nodata_override = size_mismatch, nodata
         self.stats: dict[str, Any] = {"images": 0, "patches": 0, "empty_skipped": 0, "size_cropped": 0}
 
-        # --- pair images with masks (paths only)
-        img_paths = find_files(self.root, images, "image", dirs=bands is not None)
-        self.images: list[list[str]] = [
-            [str(p / b) for b in bands] if bands else [str(p)] for p in img_paths
-        ]
-        self.masks: list[str | None] = self._pair_masks(
-            img_paths, masks, mask_suffix, by_position=isinstance(images, list)
-        )
+        # --- pair images with masks (paths only, kept as byte arrays)
+        self._bands = list(bands) if bands else None
+        self._image_paths, self._mask_paths = self._index(images, masks, mask_suffix, manifest)
+        self.images = _PathLists(self._image_paths, self._bands)
+        self.masks = _MaskPaths(self._mask_paths, len(self._image_paths))
+        n = len(self._image_paths)
+        self.stats["images"] = n
+        validate = n <= VALIDATE_MAX_IMAGES if validate is None else bool(validate)
+        skip_empty = validate if skip_empty is None else bool(skip_empty)
+        self.lazy = patch_size is None and not validate
+        if self.lazy:
+            log.info("indexed %d images lazily: sizes, dtypes and no-data are read by __getitem__ "
+                     "(validate=True checks every file now)", n)
 
-        # --- shapes from metadata; tile into windows
-        self.nodata: list[float | None] = []
-        self.windows: list[tuple[int, Window]] = []  # (image index, window) per sample
-        self.sizes: list[tuple[int, int]] = []
-        for i, paths in enumerate(self.images):
-            c, h, w, dtype, nd = raster_shape(paths)
-            if np.dtype(dtype).kind == "c":  # a float cast would silently drop the imaginary part
-                raise ValueError(f"image {paths[0]} has dtype {dtype}; bands must be real (int or float)")
-            self.nodata.append(nodata if nodata is not None else nd)
-            if self.masks[i] is not None:
-                _, mh, mw, _, _ = raster_shape([self.masks[i]])
-                if (mh, mw) != (h, w):
-                    if size_mismatch == "error":
-                        raise ValueError(
-                            f"image {paths[0]} is {h}x{w} but mask {self.masks[i]} is {mh}x{mw} "
-                            f"(set size_mismatch: crop to crop both to the common size)"
-                        )
-                    h, w = min(h, mh), min(w, mw)
-                    self.stats["size_cropped"] += 1
-            self.sizes.append((h, w))
-            if patch_size is None:
-                self.windows.append((i, Window(0, 0, w, h)))
-            else:
-                for r in patch_starts(h, patch_size, overlap):
-                    for col in patch_starts(w, patch_size, overlap):
-                        ph, pw = min(patch_size, h - r), min(patch_size, w - col)
-                        self.windows.append((i, Window(col, r, pw, ph)))
-        self.stats["images"] = len(self.images)
+        # --- shapes from metadata (validated / patched only); tile into windows
+        # _windows: [N samples, 5] int64 (image, row, col, height, width); height -1 = whole raster
+        self.nodata: list[float | None] | None = None
+        self._sizes = np.full((n, 2), -1, np.int64)  # [N images, 2], -1 until known
+        if self.lazy:
+            self._windows = np.zeros((n, 5), np.int64)
+            self._windows[:, 0] = np.arange(n)
+            self._windows[:, 3:] = -1
+        else:
+            self._windows = self._read_shapes(nodata)
 
         # --- statistics: explicit, from another cache, or streamed once (and cached)
         self.normalization: dict[str, list[float]] | None = None
@@ -370,42 +429,99 @@ class RasterSegmentation(Dataset):
             else:
                 self.normalization = {"mean": scan["mean"], "std": scan["std"]}
         if skip_empty and scan.get("empty_windows"):
-            empty = set(scan["empty_windows"])
-            dropped = [self.images[self.windows[k][0]][0] for k in sorted(empty)]
-            self.windows = [w for k, w in enumerate(self.windows) if k not in empty]
+            empty = np.asarray(sorted(set(scan["empty_windows"])), np.int64)
+            dropped = sorted({self.images[int(i)][0] for i in self._windows[empty, 0]})
+            self._windows = np.delete(self._windows, empty, axis=0)
             self.stats["empty_skipped"] = len(empty)
             warnings.warn(
-                f"skipped {len(empty)} all-zero/no-data patch(es) from {sorted(set(dropped))[:5]} "
+                f"skipped {len(empty)} all-zero/no-data patch(es) from {dropped[:5]} "
                 f"(skip_empty=False keeps them)",
                 stacklevel=2,
             )
-        self.stats["patches"] = len(self.windows)
+        self.stats["patches"] = len(self._windows)
+
+    # ----------------------------------------------------------------------------------- indexing
+    def _index(
+        self, images: str | list[str], masks: str | list[str] | None, suffix: str, manifest: str | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``[N]`` byte arrays of image paths (chip folders with ``bands``) and paired mask paths."""
+        if manifest is not None:
+            if not isinstance(images, str) or not (masks is None or isinstance(masks, str)) or self._bands:
+                raise ValueError(
+                    f"manifest={manifest!r} needs images and masks as patterns (got {images!r}, "
+                    f"{masks!r}) and no bands (got {self._bands!r})"
+                )
+            index = TileIndex(self.root, images, masks, suffix, manifest=manifest, exclude=SIDECAR_SUFFIXES)
+            prefix = os.fsencode(str(self.root)) + b"/"
+            full = lambda a: None if a is None else np.char.add(prefix, a)  # noqa: E731
+            return full(index.images), full(index.masks)
+        dirs = self._bands is not None
+        img_paths = find_paths(self.root, images, "image", dirs=dirs)
+        return encode_paths(img_paths), self._pair_masks(
+            img_paths, masks, suffix, by_position=isinstance(images, list), dirs=dirs
+        )
 
     def _pair_masks(
-        self, img_paths: list[Path], masks: str | list[str] | None, suffix: str, by_position: bool
-    ) -> list[str | None]:
+        self, img_paths: list[str], masks: str | list[str] | None, suffix: str, by_position: bool, dirs: bool
+    ) -> np.ndarray | None:
         if masks is None:
-            return [None] * len(img_paths)
-        mask_paths = find_files(self.root, masks, "mask")
+            return None
+        mask_paths = find_paths(self.root, masks, "mask")
         if by_position and isinstance(masks, list):
             if len(masks) != len(img_paths):
                 raise ValueError(f"{len(img_paths)} images but {len(masks)} masks were listed")
-            return [str(m) for m in mask_paths]  # explicit lists pair by position
-        by_key: dict[str, Path] = {}
+            return encode_paths(mask_paths)  # explicit lists pair by position
+        by_key: dict[str, str] = {}
         for m in mask_paths:
-            stem = m.stem
+            stem = path_stem(m)
             by_key[stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem] = m
-        out: list[str | None] = []
+        out: list[str] = []
         for p in img_paths:
-            key = p.name if p.is_dir() else p.stem
+            key = os.path.basename(p.rstrip("/")) if dirs else path_stem(p)
             if key not in by_key:
                 raise FileNotFoundError(
                     f"image {p} has no mask: no mask file with key {key!r} among {len(mask_paths)} "
                     f"masks matching {masks!r} (mask_suffix={suffix!r})"
                 )
-            out.append(str(by_key[key]))
-        return out
+            out.append(by_key[key])
+        return encode_paths(out)
 
+    def _read_shapes(self, nodata: float | None) -> np.ndarray:
+        """Open every raster: check dtypes and sizes, fill ``nodata`` / ``_sizes``, cut windows."""
+        self.nodata = []
+        windows: list[tuple[int, int, int, int, int]] = []
+        for i in range(len(self._image_paths)):
+            paths, mask = self.images[i], self.masks[i]
+            c, h, w, dtype, nd = raster_shape(paths)
+            _check_real(paths[0], dtype)
+            self.nodata.append(nodata if nodata is not None else nd)
+            if mask is not None:
+                _, mh, mw, _, _ = raster_shape([mask])
+                h, w = self._common_size(paths[0], (h, w), mask, (mh, mw))
+            self._sizes[i] = (h, w)
+            if self.patch_size is None:
+                windows.append((i, 0, 0, h, w))
+            else:
+                for r in patch_starts(h, self.patch_size, self.overlap):
+                    for col in patch_starts(w, self.patch_size, self.overlap):
+                        windows.append((i, r, col, min(self.patch_size, h - r), min(self.patch_size, w - col)))
+        return np.asarray(windows, np.int64).reshape(-1, 5)
+
+    def _common_size(
+        self, image: str, size: tuple[int, int], mask: str, mask_size: tuple[int, int]
+    ) -> tuple[int, int]:
+        """The size to read of an image and its mask; raises or crops when they differ."""
+        if mask_size == size:
+            return size
+        if self.size_mismatch == "error":
+            raise ValueError(
+                f"image {image} is {size[0]}x{size[1]} but mask {mask} is {mask_size[0]}x{mask_size[1]} "
+                f"(set size_mismatch: crop to crop both to the common size)"
+            )
+        self.stats["size_cropped"] += 1
+        return min(size[0], mask_size[0]), min(size[1], mask_size[1])
+
+    # ----------------------------------------------------------------------- statistics and cache
     def _scan(self, cache: str | None, need_stats: bool, need_empty: bool) -> dict[str, Any]:
         """Stream statistics and find empty patches once; reuse the cache when it still fits."""
         if not (need_stats or need_empty):
@@ -421,7 +537,9 @@ class RasterSegmentation(Dataset):
                 out = cached
         changed = False
         if need_stats and "mean" not in out:
-            stats = band_statistics(self.images, self.nodata, self.band_indexes)
+            nodata = self.nodata if not self.lazy else (
+                None if self.nodata_override is None else [self.nodata_override] * len(self.images))
+            stats = band_statistics(self.images, nodata, self.band_indexes)
             out.update(mean=stats["mean"], std=stats["std"], count=stats["count"])
             changed = True
         if need_empty and "empty_windows" not in out:
@@ -433,29 +551,76 @@ class RasterSegmentation(Dataset):
 
     def _empty_windows(self) -> list[int]:
         empty = []
-        for k, (i, win) in enumerate(self.windows):
-            x = read_window(self.images[i], win, self.band_indexes)  # [C, h, w], one patch in memory
-            if not np.any(x[:, valid_pixels(x, self.nodata[i])] != 0):
+        for k in range(len(self._windows)):
+            raw, nd, _, _ = self._read(k, with_mask=False)  # [C, h, w], one patch in memory
+            if not np.any(raw[:, valid_pixels(raw, nd)] != 0):
                 empty.append(k)
         return empty
 
     def _fingerprint(self) -> str:
-        parts = [repr((self.patch_size, self.overlap, self.band_indexes, self.nodata))]
-        for paths in self.images:
-            for p in paths:
-                st = os.stat(p)
-                parts.append(f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}")
-        parts.extend(repr(w) for w in self.windows)
-        return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+        """Hash of the options and the files; lazily indexed, without a ``stat`` per file."""
+        h = hashlib.sha1(repr((self.patch_size, self.overlap, self.band_indexes, self._bands,
+                               self.nodata if not self.lazy else ("lazy", self.nodata_override))).encode())
+        h.update(self._image_paths.tobytes())
+        if self._mask_paths is not None:
+            h.update(self._mask_paths.tobytes())
+        if self.lazy:  # a file added, removed or renamed changes the mtime of its folder
+            arrays = [self._image_paths] + ([self._mask_paths] if self._mask_paths is not None else [])
+            folders = {p if self._bands and a is self._image_paths else os.path.dirname(p)
+                       for a in arrays for p in a.tolist()}
+            for d in sorted(folders):
+                h.update(b"%s:%d\n" % (d, os.stat(d).st_mtime_ns))
+        else:  # every file was opened already: its size and mtime cost one more stat
+            for i in range(len(self.images)):
+                for p in self.images[i]:
+                    st = os.stat(p)
+                    h.update(f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(self._windows.tobytes())
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------------------------ access
+    @property
+    def windows(self) -> list[tuple[int, Window]]:
+        """``(image index, window)`` per sample (built on each access; a lazy window is ``None``)."""
+        return [(int(i), None if h < 0 else Window(int(c), int(r), int(w), int(h)))
+                for i, r, c, h, w in self._windows]
+
+    @property
+    def sizes(self) -> list[tuple[int, int] | None]:
+        """Per image, its ``(height, width)`` after cropping to the mask (``None`` when lazy)."""
+        return [None if h < 0 else (int(h), int(w)) for h, w in self._sizes]
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self._windows)
+
+    def _read(self, index: int, with_mask: bool = True) -> tuple[np.ndarray, float | None, np.ndarray | None, Window]:
+        """Raw image ``[C, h, w]``, its no-data value, raw mask ``[h, w]`` and the window of sample ``index``.
+
+        Each file is opened once; lazily indexed, the checks ``__init__`` skipped happen here.
+        """
+        i, r, c, h, w = (int(v) for v in self._windows[index])
+        paths, mask = self.images[i], (self.masks[i] if with_mask or self.lazy else None)
+        with ExitStack() as stack:
+            srcs = [stack.enter_context(open_raster(p)) for p in paths]
+            msrc = stack.enter_context(open_raster(mask)) if mask is not None else None
+            if h < 0:  # lazy: the metadata comes with the read
+                _, h, w, dtype, nd = sources_shape(srcs, paths)
+                _check_real(paths[0], dtype)
+                if msrc is not None:
+                    h, w = self._common_size(paths[0], (h, w), mask, (msrc.height, msrc.width))
+                nd = nd if self.nodata_override is None else self.nodata_override
+            else:
+                nd = self.nodata[i]
+            win = Window(c, r, w, h)
+            raw = read_sources(srcs, paths, win, self.band_indexes)  # [C, h, w]
+            raw_mask = read_sources([msrc], [mask], win)[0] if msrc is not None and with_mask else None
+        return raw, nd, raw_mask, win
 
     def __getitem__(self, index: int) -> Sample:
         """Patch ``index``: image ``[C, P, P]`` (normalised, no-data 0), mask ``[P, P]``."""
-        i, win = self.windows[index]
-        raw = read_window(self.images[i], win, self.band_indexes)  # [C, h, w]
-        valid = valid_pixels(raw, self.nodata[i])  # [h, w]
+        i = int(self._windows[index, 0])
+        raw, nd, raw_mask, win = self._read(index)
+        valid = valid_pixels(raw, nd)  # [h, w]
         image = raw.astype(np.float32)
         if self.normalization is not None:
             mean = np.asarray(self.normalization["mean"], np.float32)[:, None, None]  # [C, 1, 1]
@@ -475,23 +640,24 @@ class RasterSegmentation(Dataset):
                     stacklevel=2,
                 )
         mask = None
-        if self.masks[i] is not None:
-            raw_mask = read_window([self.masks[i]], win)[0]  # [h, w]
+        mask_path = self.masks[i]
+        if raw_mask is not None:
             try:
                 mask = remap_mask(raw_mask, self.remap, self.unlabelled)
             except ValueError as err:
-                raise ValueError(f"mask {self.masks[i]}: {err}") from err
+                raise ValueError(f"mask {mask_path}: {err}") from err
             mask[~valid] = IGNORE_INDEX
         image, mask = self._pad(image, mask)
+        paths = self.images[i]
         meta = {
-            "source": self.images[i][0] if len(self.images[i]) == 1 else str(Path(self.images[i][0]).parent),
-            "mask_source": self.masks[i],
+            "source": paths[0] if len(paths) == 1 else str(Path(paths[0]).parent),
+            "mask_source": mask_path,
             "window": [int(win.row_off), int(win.col_off), int(win.height), int(win.width)],
         }
         try:
             return make_sample(image, mask, meta=meta)
         except ValueError as err:  # wrong dtype (complex image, fractional mask): name the files
-            raise ValueError(f"{meta['source']} (mask {self.masks[i]}): {err}") from err
+            raise ValueError(f"{meta['source']} (mask {mask_path}): {err}") from err
 
     def _pad(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Pad a raster smaller than the patch: image with 0, mask with IGNORE_INDEX."""
@@ -515,3 +681,36 @@ def _load_normalization(path: str) -> dict[str, list[float]]:
         raise ValueError(
             f"normalization_from={path!r} is not a statistics JSON with 'mean' and 'std': {err}"
         ) from err
+
+
+def _check_real(path: str, dtype: str) -> None:
+    """Reject complex rasters: a float cast would silently drop the imaginary part."""
+    if np.dtype(dtype).kind == "c":
+        raise ValueError(f"image {path} has dtype {dtype}; bands must be real (int or float)")
+
+
+class _PathLists(Sequence):
+    """Per image, its file list: the path itself, or ``<chip folder>/<band file>`` per band."""
+
+    def __init__(self, paths: np.ndarray, bands: list[str] | None) -> None:
+        self._paths, self._bands = paths, bands
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, i: int) -> list[str]:  # type: ignore[override]
+        p = os.fsdecode(self._paths[i])
+        return [os.path.join(p, b) for b in self._bands] if self._bands else [p]
+
+
+class _MaskPaths(Sequence):
+    """Per image, its mask path, or ``None`` for image-only samples."""
+
+    def __init__(self, paths: np.ndarray | None, n: int) -> None:
+        self._paths, self._n = paths, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> str | None:  # type: ignore[override]
+        return None if self._paths is None else os.fsdecode(self._paths[i])
