@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from noisyseg.checkpoints import atomic_write
-from noisyseg.experiments.runner import run_config
+from noisyseg.experiments.runner import instantiate, run_config
 
 CLASS_NAMES = ["stratified", "veined", "matted"]
 
@@ -191,7 +191,6 @@ def run_demo(out: Path, sz: DemoSize, seed: int = 0, precision: str = "auto", mo
             sz, out / "pretrain-moco-noisy", seed, precision, 0.5, 0.5
         )
     timings: dict[str, float] = {}
-    pre_models = {}
     for name, cfg in pre_cfgs.items():
         slug = Path(cfg["trainer"]["default_root_dir"]).name
         _save_yaml(out / "configs" / f"{slug}.yaml", cfg)
@@ -199,7 +198,7 @@ def run_demo(out: Path, sz: DemoSize, seed: int = 0, precision: str = "auto", mo
         res = run_config(cfg, stages=("fit",))
         timings[f"pretrain {name}"] = res["seconds"]["fit"]
         arms[name] = cfg["model"]["init_args"]["encoder_out"]
-        pre_models[name] = res
+        del res  # the encoder file is all that passes on; free the model and cached data
 
     # -- downstream ---------------------------------------------------------------------------
     rows: list[dict[str, Any]] = []
@@ -214,10 +213,11 @@ def run_demo(out: Path, sz: DemoSize, seed: int = 0, precision: str = "auto", mo
             timings[f"{mode} {arm}"] = res["seconds"]["fit"] + res["seconds"]["test"]
             for metric, value in res["test"].items():
                 rows.append({"arm": arm, "mode": mode, "metric": metric, "value": value})
-            if mode == "finetune":
-                finetuned[arm] = res
+            if mode == "finetune":  # kept for the figure: the model and its test set only
+                finetuned[arm] = {"model": res["model"], "test_set": res["datamodule"].test_set}
     seconds = time.perf_counter() - t_start
-    paths = _write_outputs(out, rows, timings, seconds, sz, pre_models, finetuned)
+    pretrain_example = instantiate(pre_cfgs["supervised (noisy labels)"]["data"]["init_args"]["train"])
+    paths = _write_outputs(out, rows, timings, seconds, sz, pretrain_example, finetuned)
     return {"rows": rows, "seconds": seconds, "paths": paths, "timings": timings}
 
 
@@ -225,7 +225,7 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-def _write_outputs(out, rows, timings, seconds, sz, pre_models, finetuned) -> dict[str, str]:
+def _write_outputs(out, rows, timings, seconds, sz, pretrain_set, finetuned) -> dict[str, str]:
     from noisyseg.report.demo import demo_figure, demo_markdown
 
     buf = io.StringIO()
@@ -235,8 +235,7 @@ def _write_outputs(out, rows, timings, seconds, sz, pre_models, finetuned) -> di
     atomic_write(out / "results.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
     md = demo_markdown(rows, timings, seconds, sz, CLASS_NAMES)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md))
-    sup = pre_models.get("supervised (noisy labels)")
-    demo_figure(out / "demo.png", sup["datamodule"].train_set if sup else None, finetuned, CLASS_NAMES)
+    demo_figure(out / "demo.png", pretrain_set, finetuned, CLASS_NAMES)
     return {"report": str(out / "report.md"), "figure": str(out / "demo.png"), "results": str(out / "results.csv")}
 
 

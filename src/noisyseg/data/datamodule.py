@@ -22,6 +22,8 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from noisyseg.data.sample import collate
+from noisyseg.data.samplers import UnpaddedDistributedSampler
+from noisyseg.distributed import is_dist
 
 
 class DataModule(L.LightningDataModule):
@@ -61,10 +63,13 @@ class DataModule(L.LightningDataModule):
             raise ValueError(f"no {name} dataset was configured (data.init_args.{name})")
         if len(ds) == 0:  # type: ignore[arg-type]
             raise ValueError(f"the {name} dataset {type(ds).__name__} is empty")
+        # under DDP, evaluation splits without padding so every sample is scored exactly once
+        sampler = UnpaddedDistributedSampler(ds) if not train and is_dist() else None
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and self.drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

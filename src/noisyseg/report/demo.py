@@ -73,7 +73,7 @@ def demo_figure(path: Path, pretrain_set, finetuned: dict[str, Any], class_names
 
     arms = list(finetuned)
     cols = 2 + len(arms)
-    test_set = finetuned[arms[0]]["datamodule"].test_set if arms else None
+    test_set = finetuned[arms[0]]["test_set"] if arms else None
     n = min(n, len(test_set)) if test_set is not None else 0
     fig, axes = plt.subplots(n + 1, cols, figsize=(2.2 * cols, 2.2 * (n + 1)), squeeze=False)
     for ax in axes.flat:

@@ -16,12 +16,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
-
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 
 from noisyseg.checkpoints import save_encoder
 from noisyseg.data.sample import IMAGE, IMAGE2, META
+from noisyseg.distributed import is_dist
 from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
 
 
@@ -181,6 +181,14 @@ class BaseTask(L.LightningModule):
         enc = self.encoder
         source = getattr(self, "encoder_source", None)
         save_encoder(path, enc, self.arch, self.normalization(), self.training_summary(), source)
+
+    def on_train_end(self) -> None:
+        # DDP syncs parameters, not BatchNorm running statistics: each rank updated its own. Make
+        # every rank hold rank 0's buffers (those the encoder file records) before any evaluation.
+        if is_dist():
+            for buf in self.buffers():
+                if buf.is_floating_point():
+                    torch.distributed.broadcast(buf, src=0)
 
     def on_fit_end(self) -> None:
         if self.encoder_out and self.trainer.is_global_zero:

@@ -173,8 +173,9 @@ class SegmentationTask(BaseTask):
     def on_validation_epoch_end(self) -> None:
         self.val_scores = scores_from_confusion(self.val_cm.compute(), self.class_names)
         self.val_cm.reset()
-        self.log("val/miou", self.val_scores["miou"], prog_bar=True)
-        self.log_dict({f"val/{k}": v for k, v in self.val_scores.items() if k != "miou"})
+        # the scores come from the confusion matrix already summed over ranks: identical everywhere
+        self.log("val/miou", self.val_scores["miou"], prog_bar=True, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in self.val_scores.items() if k != "miou"}, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_cm.update(self(batch[IMAGE]).argmax(1), self._target(batch))
@@ -182,7 +183,7 @@ class SegmentationTask(BaseTask):
     def on_test_epoch_end(self) -> None:
         self.test_scores = scores_from_confusion(self.test_cm.compute(), self.class_names)
         self.test_cm.reset()
-        self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()})
+        self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, sync_dist=True)
         if self.trainer.is_global_zero:
             # the CLI's `test` returns nothing to a caller: keep the split's scores on disk
             text = json.dumps(self.test_scores, indent=2)
