@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from noisyseg.data.index import TileIndex
+from noisyseg.data.index import TileIndex, glob_paths, path_stem
 
 
 def make_tree(root: Path, names: list[str], mask_suffix: str = "") -> None:
@@ -53,3 +54,33 @@ def test_missing_mask_and_empty_match_are_named(tmp_path: Path) -> None:
         TileIndex(tmp_path, "*.png")
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         TileIndex(tmp_path / "nope", "*.tif")
+
+
+def test_glob_paths_matches_glob_without_a_stat_per_file(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a/t0", "a/t1", "b/t2"])
+    (tmp_path / "images" / "a" / ".hidden.tif").write_bytes(b"h")  # glob's * skips dot files
+    (tmp_path / "images" / "a" / "sub.tif").mkdir()  # a folder named like a tile
+    (tmp_path / "images" / "c.tif").write_bytes(b"f")  # a file where folders are expected
+    for pattern in ["images/*/*.tif", "images/*/.*", "images/a/t0.tif", "images/[ab]/t?.tif", "images/*", "*/a"]:
+        full = str(tmp_path / pattern)
+        for dirs in (False, True):
+            want = sorted(p for p in glob.glob(full) if (os.path.isdir(p) if dirs else os.path.isfile(p)))
+            assert glob_paths(full, dirs) == want, (pattern, dirs)
+    assert glob_paths(str(tmp_path / "nope/*.tif")) == []
+
+
+def test_path_stem_is_pathlib_stem() -> None:
+    for name in ["a/b/t01_mask.tif", "x.tar.gz", ".hidden", "noext", "dir/", "trail."]:
+        assert path_stem(name) == Path(name).stem, name
+
+
+def test_exclude_suffixes_and_non_ascii_names(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["a/tuile_é"])
+    (tmp_path / "images" / "a" / "tuile_é.tif.AUX.XML").write_bytes(b"sidecar")
+    manifest = tmp_path / "m.json"
+    index = TileIndex(tmp_path, "images/*", "masks/*", exclude=(".aux.xml",), manifest=manifest)
+    assert index.pair(0) == (str(tmp_path / "images/a/tuile_é.tif"), str(tmp_path / "masks/a/tuile_é.tif"))
+    again = TileIndex(tmp_path, "images/*", "masks/*", exclude=(".aux.xml",), manifest=manifest)
+    assert again.from_manifest and again.pair(0) == index.pair(0)
+    with pytest.raises(FileNotFoundError, match=r"tuile_é.tif.AUX.XML has no mask"):
+        TileIndex(tmp_path, "images/*", "masks/*")

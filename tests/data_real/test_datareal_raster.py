@@ -4,6 +4,8 @@ cloud chips (CC BY 4.0) and generated GeoTIFF / ENVI fixtures, including bad inp
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -141,3 +143,110 @@ def test_bad_inputs(tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 1 all-zero.*z.tif"):
         ds = RasterSegmentation("zero/*.tif", root=str(tmp_path))
     assert ds.stats["empty_skipped"] == 1 and len(ds) == 1
+
+
+# ------------------------------------------------------------------------------ lazy indexing
+def tile_pairs(root, n=3, size=(16, 16), mask_size=None, dtype=np.uint8):
+    """``root/img/tK.tif`` (3 bands, values 1..8) + ``root/lab/tK.tif``; returns the image arrays."""
+    rng = np.random.default_rng(3)
+    out = []
+    for k in range(n):
+        a = rng.integers(1, 9, (3, *size)).astype(dtype)
+        write_raster(root / "img" / f"t{k}.tif", a)
+        write_raster(root / "lab" / f"t{k}.tif", rng.integers(0, 2, (1, *(mask_size or size))).astype(np.uint8))
+        out.append(a)
+    return out
+
+
+def test_lazy_index_opens_no_raster_and_reads_the_same_samples(tmp_path, monkeypatch):
+    arrays = tile_pairs(tmp_path)
+    eager = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), normalize=False)
+    assert not eager.lazy and eager.sizes == [(16, 16)] * 3
+    opened = []
+    real_open = raster_mod.open_raster
+    monkeypatch.setattr(raster_mod, "open_raster", lambda p: opened.append(p) or real_open(p))
+    lazy = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), normalize=False, validate=False)
+    assert opened == [] and lazy.lazy and len(lazy) == 3 and lazy.nodata is None and lazy.sizes == [None] * 3
+    for k in range(3):
+        b, n_before = eager[k], len(opened)
+        a = lazy[k]
+        assert len(opened) - n_before == 2  # one open per file per sample: image + mask
+        np.testing.assert_array_equal(a["image"].numpy(), arrays[k].astype(np.float32))
+        np.testing.assert_array_equal(a["mask"].numpy(), b["mask"].numpy())
+        assert a["meta"] == b["meta"] and a["meta"]["window"] == [0, 0, 16, 16]
+
+
+def test_validate_defaults_on_for_small_folders_only(tmp_path, monkeypatch):
+    tile_pairs(tmp_path)
+    write_raster(tmp_path / "img" / "z.tif", np.zeros((3, 16, 16), np.uint8))  # all zero
+    write_raster(tmp_path / "lab" / "z.tif", np.zeros((1, 16, 16), np.uint8))
+    with pytest.warns(UserWarning, match=r"skipped 1 all-zero.*z\.tif"):
+        small = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), normalize=False)
+    assert not small.lazy and len(small) == 3
+    monkeypatch.setattr(raster_mod, "VALIDATE_MAX_IMAGES", 3)  # 4 images: "large"
+    big = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), normalize=False)
+    assert big.lazy and len(big) == 4 and big.stats["empty_skipped"] == 0  # no scan by default
+    with pytest.warns(UserWarning, match=r"skipped 1 all-zero.*z\.tif"):
+        asked = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), normalize=False, skip_empty=True)
+    assert asked.lazy and len(asked) == 3 and asked.stats["empty_skipped"] == 1
+    checked = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), normalize=False, validate=True,
+                                 skip_empty=False)
+    assert not checked.lazy and len(checked) == 4
+
+
+def test_lazy_checks_run_at_read_time_and_name_the_files(tmp_path):
+    tile_pairs(tmp_path, n=1, size=(40, 41), mask_size=(40, 40))
+    lazy = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), validate=False)  # stats read pixels only
+    with pytest.raises(ValueError, match=r"img/t0.tif is 40x41 but mask .*lab/t0.tif is 40x40.*size_mismatch"):
+        lazy[0]
+    crop = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), validate=False, size_mismatch="crop")
+    s = crop[0]
+    assert s["image"].shape == (3, 40, 40) and s["mask"].shape == (40, 40) and crop.stats["size_cropped"] == 1
+    write_raster(tmp_path / "cx" / "c.tif", (np.ones((3, 8, 8)) + 1j).astype(np.complex64))
+    cx = RasterSegmentation("cx/*.tif", root=str(tmp_path), validate=False, normalize=False)
+    with pytest.raises(ValueError, match=r"image .*cx/c.tif has dtype complex64"):
+        cx[0]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "b.tif").write_bytes(b"not a tiff")
+    bad = RasterSegmentation("bad/*.tif", root=str(tmp_path), validate=False, normalize=False)
+    with pytest.raises(OSError, match=r"cannot read raster file .*bad/b.tif"):
+        bad[0]
+
+
+def test_lazy_stats_cache_fingerprints_folders_not_files(tmp_path, monkeypatch):
+    tile_pairs(tmp_path)
+    cache = tmp_path / "stats.json"
+    first = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), validate=False, stats_cache=str(cache))
+    stat_calls = []
+    real_stat = raster_mod.os.stat
+    monkeypatch.setattr(raster_mod.os, "stat", lambda p, *a, **k: stat_calls.append(p) or real_stat(p, *a, **k))
+    monkeypatch.setattr(raster_mod, "band_statistics", lambda *a, **k: pytest.fail("cache not reused"))
+    again = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), validate=False, stats_cache=str(cache))
+    assert again.normalization == first.normalization
+    stated = sorted(os.fsdecode(p) for p in stat_calls if os.fsdecode(p) != str(cache))
+    assert stated == [str(tmp_path / "img"), str(tmp_path / "lab")]  # one stat per folder, none per tile
+    monkeypatch.undo()
+    time.sleep(0.01)
+    tile_pairs(tmp_path, n=4)  # adds t3: its folders' mtimes change, the cache is recomputed
+    os.utime(tmp_path / "img")
+    called = []
+    monkeypatch.setattr(raster_mod, "band_statistics", lambda *a, **k: called.append(1) or {"mean": [0.0] * 3,
+                                                                                          "std": [1.0] * 3, "count": 1})
+    RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path), validate=False, stats_cache=str(cache))
+    assert called == [1]
+
+
+def test_manifest_indexes_with_tile_index(tmp_path):
+    tile_pairs(tmp_path / "data")
+    (tmp_path / "data" / "img" / "t0.tif.aux.xml").write_text("<PAMDataset/>")  # sidecar, never an image
+    manifest = tmp_path / "cache" / "pairs.json"
+    kw = dict(root=str(tmp_path / "data"), normalize=False, manifest=str(manifest))
+    ds = RasterSegmentation("img/*", "lab/*.tif", **kw)
+    assert manifest.is_file() and len(ds) == 3
+    globbed = RasterSegmentation("img/*.tif", "lab/*.tif", root=str(tmp_path / "data"), normalize=False)
+    assert list(ds.images) == list(globbed.images) and list(ds.masks) == list(globbed.masks)
+    assert json.loads(manifest.read_text())["images"] == ["img/t0.tif", "img/t1.tif", "img/t2.tif"]
+    again = RasterSegmentation("img/*", "lab/*.tif", **kw)
+    np.testing.assert_array_equal(again[2]["image"].numpy(), ds[2]["image"].numpy())
+    with pytest.raises(ValueError, match=r"manifest=.*needs images and masks as patterns"):
+        RasterSegmentation(["img/t0.tif"], **kw)

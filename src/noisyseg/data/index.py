@@ -55,13 +55,14 @@ def glob_paths(pattern: str, dirs: bool = False) -> list[str]:
                 entries = {e.name: e for e in it if hidden_ok or not e.name.startswith(".")}
         except (NotADirectoryError, FileNotFoundError, PermissionError):
             continue  # glob.glob(head) also returns files; they hold nothing
+        prefix = parent if not parent or parent.endswith(os.sep) else parent + os.sep  # os.path.join, inlined
         for name in fnmatch.filter(entries, tail):
             try:  # d_type from the dirent: a stat only for symlinks (followed, as Path.is_file does)
                 ok = entries[name].is_dir() if dirs else entries[name].is_file()
             except OSError:
                 ok = False
             if ok:
-                out.append(os.path.join(parent, name))
+                out.append(prefix + name)
     out.sort()
     return out
 

@@ -272,7 +272,7 @@ def find_paths(root: Path, pattern: str | list[str], what: str, dirs: bool = Fal
                 raise FileNotFoundError(f"{what} file {p} does not exist")
         return out
     full = str(root / pattern)
-    out = [p for p in glob_paths(full, dirs) if not os.path.basename(p).lower().endswith(SIDECAR_SUFFIXES)]
+    out = [p for p in glob_paths(full, dirs) if not p.lower().endswith(SIDECAR_SUFFIXES)]  # suffixes hold no '/'
     if not out:
         kind = "folders" if dirs else "files"
         raise FileNotFoundError(f"the {what} glob {full!r} matches no {kind}")
