@@ -95,16 +95,17 @@ class SeenIndices(L.Callback):
         self.test.extend(int(m["index"]) for m in batch["meta"])
 
 
-class UnpaddedEvalDataModule(DataModule):
-    """DataModule whose val/test loaders use the unpadded sampler: the wiring datamodule.py needs."""
+class LightningSamplerDataModule(DataModule):
+    """Eval loaders without noisyseg's sampler, so Lightning adds its padding DistributedSampler:
+    the behaviour noisyseg's DataModule (which uses UnpaddedDistributedSampler) avoids."""
 
     def _loader(self, ds, name: str, train: bool):
         loader = super()._loader(ds, name, train)
         if train:
             return loader
+        assert isinstance(loader.sampler, UnpaddedDistributedSampler)  # what DataModule wires in
         return torch.utils.data.DataLoader(
-            ds, batch_size=loader.batch_size, sampler=UnpaddedDistributedSampler(ds),
-            num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+            ds, batch_size=loader.batch_size, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
         )
 
 
@@ -139,7 +140,7 @@ def segmentation(out: Path) -> None:
     val_cm: list[dict[str, torch.Tensor]] = []
     record_confusion(task.val_cm, val_cm)
     seen = SeenIndices()
-    dm = UnpaddedEvalDataModule(
+    dm = DataModule(
         train=vts_seg("train", 2 * BATCH * STEPS), val=vts_seg("test", 9),
         batch_size=BATCH, eval_batch_size=1, drop_last=True,
     )
@@ -158,9 +159,9 @@ def segmentation(out: Path) -> None:
     calls: list[dict[str, torch.Tensor]] = []
     record_confusion(task.test_cm, calls)
     for name, data_cls, length in (
-        ("test8_lightning", DataModule, 8),  # 8 / 2 ranks: Lightning's sampler adds nothing
-        ("test9_lightning", DataModule, 9),  # Lightning's sampler pads rank 1 with image 0
-        ("test9_unpadded", UnpaddedEvalDataModule, 9),
+        ("test8_lightning", LightningSamplerDataModule, 8),  # 8 / 2 ranks: Lightning's sampler adds nothing
+        ("test9_lightning", LightningSamplerDataModule, 9),  # Lightning's sampler pads rank 1 with image 0
+        ("test9_unpadded", DataModule, 9),  # noisyseg's DataModule: every image exactly once
     ):
         seen = SeenIndices()
         dm = data_cls(test=vts_seg("test", length), batch_size=BATCH, eval_batch_size=1)

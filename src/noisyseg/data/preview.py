@@ -17,9 +17,7 @@ and, with ``--write-masks``, every mask as a PNG named after its source.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import pkgutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -30,6 +28,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from noisyseg import config
 from noisyseg.data.sample import CHANGE_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
 
 MASK_KEYS = (MASK, MASK2, CHANGE_MASK)
@@ -40,42 +39,16 @@ class PreviewError(Exception):
 
 
 # ---------------------------------------------------------------------------------- instantiation
-def resolve(class_path: str) -> type:
-    """Import ``pkg.module.Class``; a package that does not re-export the name is searched.
+def instantiate(node: Any) -> Any:
+    """Build objects from nested ``{class_path, init_args}`` dicts (:mod:`noisyseg.config`).
 
     Raises:
-        PreviewError: the module or the class does not exist (names the class_path).
+        PreviewError: a class path that does not import or init_args it does not take.
     """
-    if not isinstance(class_path, str) or "." not in class_path:
-        raise PreviewError(f"class_path {class_path!r} is not a dotted 'module.Class' path")
-    mod_name, name = class_path.rsplit(".", 1)
     try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise PreviewError(f"cannot import module {mod_name!r} of class_path {class_path!r}: {err}") from err
-    if hasattr(mod, name):
-        return getattr(mod, name)
-    for info in pkgutil.iter_modules(getattr(mod, "__path__", [])):  # package without the re-export
-        sub = importlib.import_module(f"{mod_name}.{info.name}")
-        if hasattr(sub, name):
-            return getattr(sub, name)
-    raise PreviewError(f"class_path {class_path!r}: module {mod_name!r} has no {name!r}")
-
-
-def instantiate(node: Any) -> Any:
-    """Build objects from nested ``{class_path, init_args}`` dicts; other values pass through."""
-    if isinstance(node, dict) and "class_path" in node:
-        cls = resolve(node["class_path"])
-        args = {k: instantiate(v) for k, v in (node.get("init_args") or {}).items()}
-        try:
-            return cls(**args)
-        except TypeError as err:
-            raise PreviewError(f"{node['class_path']}: bad init_args ({err})") from err
-    if isinstance(node, dict):
-        return {k: instantiate(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [instantiate(v) for v in node]
-    return node
+        return config.instantiate(node)
+    except ValueError as err:
+        raise PreviewError(str(err)) from err
 
 
 def load_splits(config: Path) -> dict[str, Any]:

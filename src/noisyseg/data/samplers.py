@@ -21,14 +21,10 @@ slightly more.
 
 Training loaders keep Lightning's padding sampler: padding there only repeats a few samples.
 
-Wiring (``DataModule._loader`` in ``data/datamodule.py``): for an eval loader under a process
-group, pass ``sampler=UnpaddedDistributedSampler(ds)`` (and ``shuffle=False``)::
-
-    sampler = UnpaddedDistributedSampler(ds) if not train and is_dist() else None
-    DataLoader(ds, ..., shuffle=train, sampler=sampler, ...)
-
-Loaders are built after Lightning has initialised the process group, so ``is_dist()`` is true
-there under DDP. ``tests/ddp/ddp_worker.py`` (``UnpaddedEvalDataModule``) does exactly this.
+Wiring: ``DataModule._loader`` (``data/datamodule.py``) passes ``sampler=UnpaddedDistributedSampler(ds)``
+to every eval loader under a process group. Loaders are built after Lightning has initialised the
+process group, so ``is_dist()`` is true there under DDP. ``tests/ddp`` checks that the two-process
+result equals the one-process one, and that Lightning's own sampler would not.
 """
 
 from __future__ import annotations

@@ -9,96 +9,19 @@ several runs share one Python process (no import cost per run) and return their 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import yaml
 
 from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO
+from noisyseg.config import get_by_path, import_class, instantiate, load_config, set_by_path
 from noisyseg.checkpoints import atomic_write
 from noisyseg.runtime import resolve_precision
 
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config.
-
-    Raises:
-        FileNotFoundError: naming the missing file.
-        ValueError: when the file is not a YAML mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(cfg).__name__}")
-    return cfg
-
-
-def get_by_path(cfg: dict, dotted: str) -> Any:
-    """``cfg["a"]["b"]`` for ``"a.b"``; raises KeyError naming the first missing key."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"config has no key {dotted!r} (missing {part!r})")
-        node = node[part]
-    return node
-
-
-def set_by_path(cfg: dict, dotted: str, value: Any, create: bool = False) -> None:
-    """Set ``cfg["a"]["b"] = value`` for ``"a.b"``.
-
-    Raises:
-        KeyError: naming the key when it does not exist and ``create`` is False (a typo in a sweep
-            spec must not silently add an unused key).
-    """
-    parts = dotted.split(".")
-    node = cfg
-    for i, part in enumerate(parts[:-1]):
-        if part not in node or not isinstance(node[part], dict):
-            if not create:
-                raise KeyError(f"config has no key {'.'.join(parts[: i + 1])!r} (while setting {dotted!r})")
-            node[part] = {}
-        node = node[part]
-    if parts[-1] not in node and not create:
-        raise KeyError(f"config has no key {dotted!r}")
-    node[parts[-1]] = value
-
-
-def import_class(class_path: str):
-    """Import ``package.module.Class``.
-
-    Raises:
-        ValueError: naming the class path when it cannot be imported.
-    """
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot import class_path {class_path!r}: {e}") from e
-
-
-def instantiate(node: Any) -> Any:
-    """Build objects from ``{class_path, init_args}`` nodes, recursively (as LightningCLI does)."""
-    if isinstance(node, dict) and "class_path" in node:
-        cls = import_class(node["class_path"])
-        kwargs = {k: instantiate(v) for k, v in (node.get("init_args") or {}).items()}
-        try:
-            return cls(**kwargs)
-        except TypeError as e:
-            raise ValueError(f"{node['class_path']}: {e}") from e
-    if isinstance(node, dict):
-        return {k: instantiate(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [instantiate(v) for v in node]
-    return node
+__all__ = ["build_trainer", "get_by_path", "import_class", "instantiate", "load_config", "run_config", "set_by_path"]
 
 
 def build_trainer(trainer_cfg: dict[str, Any], quiet: bool = False) -> L.Trainer:
