@@ -96,10 +96,12 @@ def test_fncc_matches_loop(mode: str, alpha: float) -> None:
     g = torch.Generator().manual_seed(5)
     q, k, queue = (torch.randn(n, 8, generator=g) for n in (6, 6, 16))
     kwargs = {"threshold": 0.2, "positive_min": -1.0}
-    loss = InfoNCELoss(temperature=0.3, false_negative=mode, alpha=alpha, **kwargs)(q, k, queue)
+    loss_fn = InfoNCELoss(temperature=0.3, false_negative=mode, alpha=alpha, **kwargs)
+    loss = loss_fn(q, k, queue)
     qn, kn, qu = (F.normalize(x, dim=1) for x in (q, k, queue))
     flagged = detect_loop((qn * kn).sum(1), qn @ qu.T, mode, **kwargs)
     assert flagged  # the test is only meaningful when something was detected
+    assert loss_fn.last_false_negatives == len(flagged)  # the count MoCoTask logs
     expected = fncc_loop(q, k, queue, 0.3, alpha, flagged)
     torch.testing.assert_close(loss, torch.tensor(expected), **TIGHT)
     plain = InfoNCELoss(temperature=0.3)(q, k, queue)

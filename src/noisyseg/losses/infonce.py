@@ -138,6 +138,7 @@ class InfoNCELoss(nn.Module):
         _check_cosine("positive_min", positive_min)
         self.temperature = float(temperature)
         self.false_negative = false_negative
+        self.last_false_negatives = 0
         self.alpha = float(alpha)
         self.threshold = float(threshold)
         self.positive_min = float(positive_min)
@@ -192,6 +193,8 @@ class InfoNCELoss(nn.Module):
                     cos_pos.detach(), cos_neg.detach(), self.false_negative,
                     self.threshold, self.positive_min,
                 )  # [N, K]
+                # a diagnostic, not an output: how many negatives FNSD flagged in the last call
+                self.last_false_negatives = int(fn.sum())
                 log_alpha = math.log(self.alpha) if self.alpha > 0 else -math.inf
                 fn_logits = torch.where(
                     fn, logits[:, 1:] + log_alpha, torch.full_like(logits[:, 1:], -math.inf)

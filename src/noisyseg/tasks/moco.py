@@ -146,6 +146,8 @@ class MoCoTask(BaseTask):
         loss = self.check_finite(self.loss_fn(q, k, self.queue.snapshot()))
         self.queue.enqueue(k.float())
         self.log("train/loss", loss, prog_bar=True, batch_size=x1.shape[0])
+        if self.loss_fn.false_negative != "none":  # does FNSD find anything at all?
+            self.log("train/false_negatives", float(self.loss_fn.last_false_negatives), batch_size=x1.shape[0])
         self.log_health(q)
         return loss
 
