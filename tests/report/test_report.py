@@ -70,6 +70,9 @@ def test_noisy_pairs_report_series_and_verdicts(tmp_path):
     assert "moco, p=1.0: mIoU 70.0 ± 0.7 at r=0.0 vs 50.0 ± 0.7 at r=1.0; F1 80.0 ± 0.7 vs 60.0 ± 0.7 — **reproduced**" in md
     assert "dense, p=0.5: mIoU 70.0 ± 0.7 at r=0.0 vs 70.0 ± 0.7 at r=1.0" in md and "inconclusive" in md
     assert "moco: at (r=1.0, p=1.0) noisy pairs mIoU 50.0 ± 0.7 vs mere exposure 68.0 ± 0.7" in md
+    # partly mismatched pairs (p < 1) are expected not to hurt (robustness), fully false ones to hurt
+    assert "dense, p=0.5: mIoU 70.0 ± 0.7 at r=0.0 vs 70.0 ± 0.7 at r=1.0; F1 80.0 ± 0.7 vs 80.0 ± 0.7 — **reproduced**" in md
+    assert "vs mere exposure 68.0 ± 0.7 (difference -18.0) — **not reproduced at this scale**" in md
     for name in ("vs_r", "heatmap_rp", "noisy_minus_mere"):
         assert (tmp_path / "rep" / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / "rep" / f"{name}.csv").is_file()

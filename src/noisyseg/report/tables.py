@@ -134,6 +134,17 @@ def verdict(a: Stat, b: Stat, expect_greater: bool = True) -> str:
     return out + (" (one seed: no spread to judge by)" if max(a.n, b.n) < 2 else "")
 
 
+def verdict_not_below(ref: Stat, b: Stat) -> str:
+    """A robustness finding: ``b`` is not below ``ref`` by more than the spread (or 0.1 points).
+
+    Returns:
+        ``reproduced`` when ``b >= ref - max(std, MIN_DIFF)``, else ``not reproduced at this scale``.
+    """
+    margin = max(ref.std, b.std, MIN_DIFF)
+    out = "reproduced" if b.mean >= ref.mean - margin else "not reproduced at this scale"
+    return out + (" (one seed: no spread to judge by)" if max(ref.n, b.n) < 2 else "")
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
