@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from noisyseg import config
+from noisyseg.checkpoints import atomic_write
 from noisyseg.data.sample import CHANGE_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
 
 MASK_KEYS = (MASK, MASK2, CHANGE_MASK)
@@ -114,7 +115,7 @@ def preview_png(sample: dict[str, Any], path: Path) -> None:
             panels.append(overlay(rgb2, second.numpy()))
     gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], 1)  # [H, n*W, 3]
-    Image.fromarray(row).save(path)
+    atomic_write(path, lambda tmp: Image.fromarray(row).save(tmp, format="PNG"))
 
 
 def _name(sample: dict[str, Any], index: int) -> str:
@@ -159,7 +160,8 @@ def summarise(name: str, ds: Any, out: Path, max_previews: int, max_samples: int
             for k in MASK_KEYS:
                 if k in s:
                     suffix = "" if k == MASK else f"_{k}"
-                    Image.fromarray(s[k].numpy().astype(np.uint8)).save(folder / f"{_name(s, i)}{suffix}.png")
+                    m = Image.fromarray(s[k].numpy().astype(np.uint8))
+                    atomic_write(folder / f"{_name(s, i)}{suffix}.png", lambda tmp, m=m: m.save(tmp, format="PNG"))
     summary: dict[str, Any] = {"dataset": type(ds).__name__, "samples": len(ds), "summarised": n,
                                "sources": len(sources)}
     for k in MASK_KEYS:
@@ -224,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # dataset input errors
         print(f"noisyseg data preview: error: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "summary.md").write_text(to_markdown(summary))
+    text_json, text_md = json.dumps(summary, indent=1), to_markdown(summary)
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text_json))
+    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text_md))
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}")
     return 0
 
