@@ -15,7 +15,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from noisyseg.checkpoints import atomic_write
+from noisyseg.checkpoints import atomic_write, refused_global
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -101,9 +101,7 @@ def load_checkpoint_safely(path: str | Path, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message is many lines; keep the one naming the refused global (as interop.py does)
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "GLOBAL" in ln]
-        first = lines[0].split(" was not an allowed")[0] if lines else type(e).__name__
+        first = refused_global(e)  # torch's message is many lines; keep the one naming the global
         raise CheckpointFileError(
             f"checkpoint {path} was refused: it holds objects that torch.load(weights_only=True) does not "
             f"unpickle because they could run code ({first}); only load checkpoints you made yourself, "

@@ -48,6 +48,12 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def refused_global(err: Exception) -> str:
+    """The one line of torch's many-line ``weights_only`` refusal that names the refused global."""
+    lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "GLOBAL" in ln]
+    return lines[0].split(" was not an allowed")[0] if lines else type(err).__name__
+
+
 def save_encoder(
     path: str | Path,
     encoder: nn.Module,

@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 
-from noisyseg.checkpoints import EncoderFileError, atomic_write, read_encoder, save_encoder
+from noisyseg.checkpoints import EncoderFileError, atomic_write, read_encoder, refused_global, save_encoder
 from noisyseg.models.encoders import ENCODERS, build_encoder, check_arch
 
 TARGETS = ("smp", "timm", "torchvision")
@@ -184,9 +184,7 @@ def _read_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         # so a crafted checkpoint cannot run code on load
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message is many lines; keep only the one naming the refused global
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "GLOBAL" in ln]
-        first = lines[0].split(" was not an allowed")[0] if lines else type(e).__name__
+        first = refused_global(e)  # torch's message is many lines; keep the one naming the global
         raise EncoderFileError(
             f"refused to load {path}: it holds objects other than tensors and plain containers, which "
             f"torch.load(weights_only=True) does not unpickle because they could run code ({first}); "
