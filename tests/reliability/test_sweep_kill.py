@@ -83,3 +83,4 @@ def test_sigkill_during_sweep_then_rerun_completes_without_duplicates(tmp_path):
     assert max(keys.values()) == 1  # no row twice
     per_run = Counter(r["run"] for r in rows)
     assert len(set(per_run.values())) == 1  # every run has the same number of rows
+    assert (out / "report" / "report.md").is_file()  # one command from spec to report

@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="an override after the spec's and the variant's (YAML value), e.g. "
                          "'*.trainer.max_steps=1'; repeatable; part of each run's config")
     ap.add_argument("--verbose", action="store_true", help="Lightning progress bars and logs per run")
+    ap.add_argument("--no-report", action="store_true", help="do not write <out>/report at the end")
     args = ap.parse_args(argv)
     try:
         if args.jobs < 1:
@@ -209,5 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({k: v for k, v in res.items() if k != "ran"} | {"ran": len(res["ran"]), "runs": len(plans)}))
     print(f"[sweep] {len(res['ran'])} ran, {res['skipped']} already done, {len(res['failed'])} failed; "
-          f"table {out / TABLE}; report: noisyseg report {out}")
+          f"table {out / TABLE}")
+    if not args.no_report and not res["failed"] and (out / TABLE).is_file():
+        from noisyseg.report import main as report_main  # the report reads only the table just written
+
+        report_main([str(out)])  # one command from spec to report; `noisyseg report` redoes it alone
     return 1 if res["failed"] else 0
