@@ -57,6 +57,16 @@ class _PixelContrast(nn.Module):
         self.ignore_index = int(ignore_index)
         self.binarize = bool(binarize)
 
+    def _prepare_views(
+        self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Check the two views agree in shape, then :meth:`_prepare` each: ``f1, l1, f2, l2``."""
+        if features1.shape != features2.shape:
+            raise ValueError(
+                f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}"
+            )
+        return (*self._prepare(features1, labels1, "view 1"), *self._prepare(features2, labels2, "view 2"))
+
     def _prepare(self, features: Tensor, labels: Tensor, name: str) -> tuple[Tensor, Tensor]:
         """``[B, D, S, S]``, ``[B, S, S]`` -> unit features ``[B, S*S, D]``, labels ``[B, S*S]``."""
         if features.ndim != 4 or labels.shape != (features.shape[0], *features.shape[2:]):
@@ -142,13 +152,8 @@ class WithinImageLoss(_PixelContrast):
         Raises:
             ValueError: mismatched shapes.
         """
-        if features1.shape != features2.shape:
-            raise ValueError(
-                f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}"
-            )
         with torch.autocast(device_type=features1.device.type, enabled=False):
-            f1, l1 = self._prepare(features1, labels1, "view 1")  # [B, P, D], [B, P]
-            f2, l2 = self._prepare(features2, labels2, "view 2")
+            f1, l1, f2, l2 = self._prepare_views(features1, features2, labels1, labels2)  # [B, P, D], [B, P]
             f = torch.cat([f1, f2], dim=1)  # [B, 2P, D]
             lab = torch.cat([l1, l2], dim=1)  # [B, 2P]
             all_cols = torch.ones(f.shape[1], dtype=torch.bool, device=f.device)  # [2P]
@@ -199,13 +204,8 @@ class CrossImageLoss(_PixelContrast):
         Raises:
             ValueError: mismatched shapes, or fewer than 2 images in the global batch.
         """
-        if features1.shape != features2.shape:
-            raise ValueError(
-                f"views differ in shape: {tuple(features1.shape)} vs {tuple(features2.shape)}"
-            )
         with torch.autocast(device_type=features1.device.type, enabled=False):
-            f1, l1 = self._prepare(features1, labels1, "view 1")  # [B, P, D], [B, P]
-            f2, l2 = self._prepare(features2, labels2, "view 2")
+            f1, l1, f2, l2 = self._prepare_views(features1, features2, labels1, labels2)  # [B, P, D], [B, P]
             b, p = l1.shape
             f2_all = gather(f2)  # [W*B, P, D], gradients reach the local shard
             l2_all = gather_no_grad(l2)  # [W*B, P]
