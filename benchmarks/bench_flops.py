@@ -2,7 +2,7 @@
 
 FLOPs of one training step are counted with ``torch.utils.flop_counter.FlopCounterMode``:
 forward + backward of the query path (encoder + MLP head, loss against the queue) and forward of
-the key path (momentum encoder in ``key_bn_chunks`` sub-batches) — what
+the key path (momentum encoder, BatchNorm split in ``key_bn_chunks`` sub-batches) — what
 ``noisyseg.tasks.MoCoTask.training_step`` computes. The step rate is the full Lightning training
 step (augmentations, optimiser, logging included), so the fraction is a lower bound of how well
 the convolutions themselves use the machine. The matmul rates (fp32, bf16 ``2048 x 2048``) and
@@ -36,7 +36,6 @@ def moco_step_flops(batch: int = bench_moco.BATCH, size: int = bench_moco.SIZE) 
     """FLOPs of one noisyseg MoCo v2 training step (query forward+backward, key forward)."""
     import torch
 
-    from noisyseg.models.momentum import batch_shuffle, batch_unshuffle, forward_in_chunks
     from noisyseg.tasks import MoCoTask
 
     task = MoCoTask(arch="resnet18", queue_size=bench_moco.QUEUE)
@@ -46,9 +45,7 @@ def moco_step_flops(batch: int = bench_moco.BATCH, size: int = bench_moco.SIZE) 
 
     def step() -> None:
         q = task.query(x1)  # B x D
-        with torch.no_grad():
-            x2s, idx = batch_shuffle(x2)
-            k = batch_unshuffle(forward_in_chunks(task.key, x2s, task.key_bn_chunks), idx)  # B x D
+        k = task.keys(x2)  # B x D (momentum update, shuffle, key encoder with split BN)
         task.loss_fn(q, k, queue).backward()
 
     return count_flops(step)

@@ -7,6 +7,7 @@ against the same computation done on the whole batch in one process.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -21,8 +22,8 @@ from noisyseg.models.momentum import (
     batch_shuffle,
     batch_unshuffle,
     cosine_schedule,
-    forward_in_chunks,
     momentum_update,
+    split_batchnorm,
 )
 
 
@@ -112,23 +113,31 @@ def test_batch_shuffle_round_trip_single_process() -> None:
         batch_unshuffle(shuffled, idx[:3])
 
 
-def test_forward_in_chunks_gives_each_chunk_its_own_bn_statistics() -> None:
-    bn = nn.BatchNorm1d(3).train()
-    x = torch.randn(8, 3) * 4 + 1
-    out = forward_in_chunks(bn, x, chunks=2)
-    per_chunk = [nn.functional.batch_norm(c, None, None, training=True) for c in x.chunk(2)]
-    expected = torch.cat(per_chunk)
+def test_split_batchnorm_equals_running_the_network_on_each_sub_batch() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
+    net.train()
+    ref = copy.deepcopy(net)
+    split = split_batchnorm(copy.deepcopy(net), groups=3)
+    assert [n for n, _ in split.named_parameters()] == [n for n, _ in net.named_parameters()]
+    assert [n for n, _ in split.named_buffers()] == [n for n, _ in net.named_buffers()]
+    x = (torch.randn(8, 3, 6, 6) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    out = split(x)
+    expected = torch.cat([ref(p) for p in torch.tensor_split(x, 3)])  # sub-batches of 3, 3, 2
     torch.testing.assert_close(out, expected)
-    assert not torch.allclose(out, forward_in_chunks(bn, x, chunks=1))
-
-    class Pyramid(nn.Module):
-        def forward(self, x):
-            return [x, 2 * x]
-
-    parts = forward_in_chunks(Pyramid(), x, chunks=3)
-    assert isinstance(parts, list) and torch.equal(parts[1], 2 * x)
-    with pytest.raises(ValueError, match="chunks=9"):
-        forward_in_chunks(bn, x, chunks=9)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for (name, b), b_ref in zip(split.named_buffers(), ref.buffers()):  # one update per sub-batch
+        torch.testing.assert_close(b, b_ref, msg=name)
+    assert not torch.allclose(out, net(x))  # whole-batch statistics differ
+    # a batch of 3 cannot give 3 sub-batches of >= 2 samples: one group; eval mode is plain BN
+    small = torch.randn(3, 3, 6, 6)
+    torch.testing.assert_close(split(small), copy.deepcopy(net)(small))
+    net.load_state_dict(split.state_dict())  # same names: plain BN loads split BN's state
+    split.eval(), net.eval()
+    torch.testing.assert_close(split(x), net(x))
+    assert "groups=3" in repr(split)
+    with pytest.raises(ValueError, match="groups=0"):
+        split_batchnorm(net, 0)
 
 
 def test_helpers_are_identities_without_a_process_group() -> None:

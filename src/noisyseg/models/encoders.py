@@ -13,6 +13,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from noisyseg.models.fast_conv import use_small_map_convs
+
 ENCODERS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 """Supported architectures -> channels of the last feature map (the one name -> model mapping)."""
 
@@ -45,7 +47,8 @@ def build_encoder(arch: str = "resnet18", in_channels: int = 3, output_stride: i
     check_arch(arch)
     if in_channels < 1:
         raise ValueError(f"in_channels={in_channels} must be >= 1")
-    return smp.encoders.get_encoder(arch, in_channels=in_channels, depth=5, weights=None, output_stride=output_stride)
+    encoder = smp.encoders.get_encoder(arch, in_channels=in_channels, depth=5, weights=None, output_stride=output_stride)
+    return use_small_map_convs(encoder)  # faster bf16 CPU training at small maps; same weights and names
 
 
 def pooled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

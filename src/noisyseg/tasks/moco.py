@@ -19,7 +19,7 @@ from noisyseg.distributed import world_size
 from noisyseg.losses.infonce import InfoNCELoss
 from noisyseg.models.encoders import build_encoder
 from noisyseg.models.heads import ProjectionMLP
-from noisyseg.models.momentum import KeyQueue, batch_shuffle, batch_unshuffle, forward_in_chunks, momentum_update
+from noisyseg.models.momentum import KeyQueue, batch_shuffle, batch_unshuffle, momentum_update, split_batchnorm
 from noisyseg.tasks.base import BaseTask
 from noisyseg.transforms.batch import ContrastiveView
 
@@ -57,8 +57,9 @@ class MoCoTask(BaseTask):
         temperature: InfoNCE temperature (MoCo v2: 0.2).
         momentum: key-encoder EMA momentum (MoCo: 0.999).
         hidden_dim, out_dim: projection MLP sizes (MoCo v2: 2048, 128).
-        key_bn_chunks: the key batch is shuffled and encoded in this many sub-batches, so BatchNorm
-            statistics of a key never come from the same sample mix as its query's (MoCo's
+        key_bn_chunks: the key batch is shuffled and the key encoder's BatchNorm normalises this
+            many sub-batches separately (:class:`~noisyseg.models.momentum.SplitBatchNorm2d`), so
+            the statistics of a key never come from the same sample mix as its query's (MoCo's
             shuffling BN, emulated on one device; under DDP the shuffle crosses processes).
         false_negative: ``none`` (MoCo), ``reference`` or ``per_anchor`` (FALSE).
         alpha: FALSE's FNCC weight in [0, 1].
@@ -103,6 +104,7 @@ class MoCoTask(BaseTask):
         self.encoder = build_encoder(arch, in_channels)
         self.query = EncoderWithHead(self.encoder, ProjectionMLP(self.encoder.out_channels[-1], hidden_dim, out_dim))
         self.key = copy.deepcopy(self.query).requires_grad_(False)  # momentum encoder, never trained by SGD
+        split_batchnorm(self.key, key_bn_chunks)  # same names, so momentum_update pairs them
         self.loss_fn = InfoNCELoss(temperature, false_negative, alpha, fn_threshold, positive_min)
         self.momentum, self.key_bn_chunks, self.out_dim = momentum, key_bn_chunks, out_dim
         self.view = ContrastiveView(scale=tuple(crop_scale))
@@ -137,12 +139,7 @@ class MoCoTask(BaseTask):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x1, x2 = self.views(batch)  # B x C x H x W each
         q = self.query(x1)  # queries: B x D
-        with torch.no_grad():
-            momentum_update(self.query, self.key, self.momentum)
-            x2s, idx = batch_shuffle(x2)  # shuffle for making use of BN
-            chunks = max(1, min(self.key_bn_chunks, x2s.shape[0] // 2))  # BN needs >= 2 samples a chunk
-            k = forward_in_chunks(self.key, x2s, chunks)  # keys: B x D
-            k = batch_unshuffle(k, idx)
+        k = self.keys(x2)  # keys: B x D
         loss = self.check_finite(self.loss_fn(q, k, self.queue.snapshot()))
         self.queue.enqueue(k.float())
         self.log("train/loss", loss, prog_bar=True, batch_size=x1.shape[0])
@@ -150,6 +147,13 @@ class MoCoTask(BaseTask):
             self.log("train/false_negatives", float(self.loss_fn.last_false_negatives), batch_size=x1.shape[0])
         self.log_health(q)
         return loss
+
+    @torch.no_grad()
+    def keys(self, x2: torch.Tensor) -> torch.Tensor:
+        """Momentum-update the key encoder, then encode ``x2 [B,C,H,W]`` shuffled: keys ``[B, D]``."""
+        momentum_update(self.query, self.key, self.momentum)
+        x2s, idx = batch_shuffle(x2)  # shuffle for making use of BN
+        return batch_unshuffle(self.key(x2s), idx)  # split BN: sub-batches of the shuffled batch
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.query.parameters() if p.requires_grad]

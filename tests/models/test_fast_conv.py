@@ -1,0 +1,71 @@
+"""SmallMapConv2d: the matmul weight gradient equals the convolution's, and applies only where meant."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from noisyseg.models.encoders import build_encoder
+from noisyseg.models.fast_conv import SmallMapConv2d, _MatmulWeightGradConv, use_small_map_convs
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "kernel", "stride", "padding", "size", "bias"),
+    [(8, 6, 3, 1, 1, 4, False), (8, 6, 3, 2, 1, 8, True), (5, 7, 1, 2, 0, 7, False), (4, 4, (3, 1), 1, (1, 0), 3, True)],
+)
+def test_matmul_route_gives_the_gradients_of_the_convolution(cin, cout, kernel, stride, padding, size, bias) -> None:
+    torch.manual_seed(0)
+    ref = nn.Conv2d(cin, cout, kernel, stride, padding, bias=bias)
+    fast = use_small_map_convs(nn.Sequential(copy.deepcopy(ref)))[0]
+    assert isinstance(fast, SmallMapConv2d)
+    x = torch.randn(3, cin, size, size).contiguous(memory_format=torch.channels_last)
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast._matmul_route(x_fast) is torch.bfloat16  # every case here has <= 16 output pixels
+        y_ref, y_fast = ref(x_ref), fast(x_fast)
+    torch.testing.assert_close(y_fast, y_ref)
+    g = torch.randn_like(y_ref.float())
+    y_ref.float().backward(g)
+    y_fast.float().backward(g)
+    # bf16 products, fp32 accumulation on both routes: equal to bf16 rounding
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    assert fast.weight.grad.dtype == torch.float32
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_matmul_route_is_taken_only_for_tiny_bf16_maps_with_gradients(monkeypatch) -> None:
+    conv = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)))[0]
+    small, large = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 8, 8)
+    assert conv._matmul_route(small) is None  # fp32: oneDNN as is
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv._matmul_route(small) is torch.bfloat16
+        assert conv._matmul_route(large) is None  # 64 output pixels
+        with torch.no_grad():
+            assert conv._matmul_route(small) is None  # inference: nothing to gain
+    dilated = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2)))[0]
+    grouped = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=2)))[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dilated._matmul_route(small) is None and grouped._matmul_route(small) is None
+    calls = []
+    original = _MatmulWeightGradConv.apply
+    monkeypatch.setattr(_MatmulWeightGradConv, "apply", lambda *a: calls.append(a) or original(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(small).sum().backward()
+        conv(large).sum().backward()
+    assert len(calls) == 1  # the 4x4 call only
+
+
+def test_encoders_keep_their_state_dict_names() -> None:
+    enc = build_encoder("resnet18")
+    assert isinstance(enc.layer4[0].conv1, SmallMapConv2d)
+    plain = copy.deepcopy(enc)
+    for m in plain.modules():
+        if isinstance(m, SmallMapConv2d):
+            m.__class__ = nn.Conv2d
+    assert list(enc.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(enc.state_dict(), strict=True)
