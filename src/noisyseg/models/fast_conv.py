@@ -1,14 +1,28 @@
-"""A convolution whose weight gradient is one matmul when its output map is tiny (CPU, bf16).
+"""A convolution whose weight gradient is one matmul when its output map is small (CPU, bf16).
 
 Why by hand: on this project's CPU (oneDNN in torch 2.14, bf16, AMX) the weight gradient of a
-3x3 convolution with a 4x4 output map — ResNet layer 4 at 128 px, the size MoCo and the UNet
-train at here — takes 3.3x its forward (512 -> 512 channels, batch 32: forward 6.2 ms, weight
-gradient 20.3 ms), while the same gradient as ``im2col(x)^T @ grad_y`` takes 8.0 ms; at 7x7 and
-above oneDNN is as fast or faster (``benchmarks/README.md`` lists the shapes measured). No
-library offers a switch for it, so :class:`SmallMapConv2d` takes the matmul route only where it
-was measured to win — CPU, bfloat16, groups 1, no dilation, an output of at most
-:data:`MAX_OUTPUT_PIXELS` pixels — and is a plain :class:`torch.nn.Conv2d` everywhere else
-(same parameters, same state-dict names, same forward).
+3x3 convolution with a small output map — ResNet layer 4 at 128 px, the size the MoCo and
+UNet benchmarks train at — is slow: 512 -> 512 channels, 4x4 map, batch 32, one thread: forward 6.2 ms,
+oneDNN weight gradient 22.1 ms, the same gradient as ``grad_y^T @ im2col(x)`` 3.6 ms. Measured
+weight-gradient times (ms, oneDNN vs matmul incl. im2col, one thread / two threads):
+
+==========================  ==============  ==============
+shape (batch 32)            1 thread        2 threads
+==========================  ==============  ==============
+512 ch, 4x4 out             22.1 vs 3.6     11.1 vs 1.9
+256 -> 512, stride 2, 4x4   12.4 vs 2.0     6.1 vs 1.2
+512 ch, 8x8 out             29.9 vs 24.8    15.5 vs 11.9
+256 ch, 8x8 out             7.0 vs 6.5      3.5 vs 3.0
+128 ch, 16x16 out           2.8 vs 9.4      1.8 vs 4.8
+64 ch, 32x32 out            3.2 vs 25.3     2.0 vs 15.5
+==========================  ==============  ==============
+
+No library offers a switch for it, so :class:`SmallMapConv2d` takes the matmul route only where
+it was measured to win — CPU, bfloat16, groups 1, no dilation, an output of at most
+:data:`MAX_OUTPUT_PIXELS` pixels — and is a plain :class:`torch.nn.Conv2d` everywhere else (same
+parameters, same state-dict names, same forward). A ResNet-18 query forward + backward at 128 px,
+batch 32, went from ~445 to ~380 ms. Up to 8x8 the matmul wins alone, but inside a training
+step 8x8 maps broke even (the im2col copy competes for memory bandwidth), so the limit is 4x4.
 """
 
 from __future__ import annotations
@@ -19,15 +33,18 @@ from torch import Tensor, nn
 
 __all__ = ["MAX_OUTPUT_PIXELS", "SmallMapConv2d", "use_small_map_convs"]
 
-MAX_OUTPUT_PIXELS = 16  # 4x4: the matmul won at 2x2 and 4x4 and lost at 7x7 and 8x8 (batch 16-64)
+MAX_OUTPUT_PIXELS = 16  # 4x4 (see the module docstring)
 
 
 def _im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
-    """``[N, C, H, W] -> [N*Ho*Wo, C*kh*kw]``, columns ordered as a conv weight ``[K, C, kh, kw]``."""
+    """``[N, C, H, W] -> [N*Ho*Wo, kh*kw*C]``: columns in channels-last weight order ``[K, kh, kw, C]``.
+
+    Channels innermost, so the copy moves runs of ``C`` contiguous values of a channels-last input.
+    """
     ph, pw = padding
     xl = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # N x H' x W' x C (free for channels-last)
     patches = xl.unfold(1, kernel[0], stride[0]).unfold(2, kernel[1], stride[1])  # N x Ho x Wo x C x kh x kw
-    return patches.reshape(-1, x.shape[1] * kernel[0] * kernel[1])
+    return patches.permute(0, 1, 2, 4, 5, 3).reshape(-1, kernel[0] * kernel[1] * x.shape[1])
 
 
 class _MatmulWeightGradConv(torch.autograd.Function):
@@ -48,16 +65,19 @@ class _MatmulWeightGradConv(torch.autograd.Function):
                 gy, x, w, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
         if ctx.needs_input_grad[1]:
-            g = gy.permute(0, 2, 3, 1).reshape(-1, gy.shape[1])  # N*Ho*Wo x K
-            cols = _im2col(x, tuple(w.shape[2:]), ctx.stride, ctx.padding)  # N*Ho*Wo x C*kh*kw
-            gw = (g.t() @ cols).view(w.shape)
+            # K x N*Ho*Wo row-major: the GEMM runs ~2x faster than on the transposed view (bf16, AMX)
+            g = gy.permute(1, 0, 2, 3).reshape(gy.shape[1], -1)  # K x N*Ho*Wo
+            k, c, kh, kw = w.shape
+            cols = _im2col(x, (kh, kw), ctx.stride, ctx.padding)  # N*Ho*Wo x kh*kw*C
+            # K x kh*kw*C is the channels-last layout of the weight: no copy when accumulating it
+            gw = (g @ cols).view(k, kh, kw, c).permute(0, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum(dim=(0, 2, 3))
         return gx, gw, gb, None, None
 
 
 class SmallMapConv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` with the matmul weight gradient for tiny bf16 CPU output maps."""
+    """:class:`torch.nn.Conv2d` with the matmul weight gradient for small bf16 CPU output maps."""
 
     def _matmul_route(self, x: Tensor) -> torch.dtype | None:
         """The compute dtype when the matmul route applies to ``x``, else ``None``."""
