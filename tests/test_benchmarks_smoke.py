@@ -36,3 +36,18 @@ def test_results_written_with_ratio(tmp_path, monkeypatch):
     md = common.write_results(rows, {"time": "now"}, {"quick": True})
     assert "3.00×" in md.read_text() and "| 30.0 |" in md.read_text()
     assert json.loads((tmp_path / "latest.json").read_text())["rows"][0]["ratio"] == 3.0
+
+
+def test_parity_compares_means_over_seeds_and_reports_the_spread():
+    import parity
+
+    fp32 = [{("random", "probe"): 0.20, ("moco", "probe"): 0.30}, {("random", "probe"): 0.22, ("moco", "probe"): 0.26}]
+    fast = [{("random", "probe"): 0.21, ("moco", "probe"): 0.25}, {("random", "probe"): 0.21, ("moco", "probe"): 0.29}]
+    means = parity.mean_scores(fp32)
+    assert means[("moco", "probe")] == pytest.approx(0.28)
+    text, worst = parity.compare(means, parity.mean_scores(fast), ("fp32", "fast"))
+    assert worst == pytest.approx(1.0)  # 28.0 vs 27.0; a single seed would have shown 5 points
+    assert "| moco | probe | 28.0 | 27.0 | -1.0 |" in text
+    assert "| moco | probe | 30.0 / 26.0 | 2.8 |" in parity.spread(fp32)
+    _, missing = parity.compare({("a", "probe"): 0.1}, {}, ("x", "y"))
+    assert missing == float("inf")
