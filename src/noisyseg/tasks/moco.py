@@ -106,7 +106,7 @@ class MoCoTask(BaseTask):
         self.key = copy.deepcopy(self.query).requires_grad_(False)  # momentum encoder, never trained by SGD
         split_batchnorm(self.key, key_bn_chunks)  # same names, so momentum_update pairs them
         self.loss_fn = InfoNCELoss(temperature, false_negative, alpha, fn_threshold, positive_min)
-        self.momentum, self.key_bn_chunks, self.out_dim = momentum, key_bn_chunks, out_dim
+        self.momentum, self.out_dim = momentum, out_dim
         self.view = ContrastiveView(scale=tuple(crop_scale))
         self.queue: KeyQueue | None = KeyQueue(out_dim, queue_size) if queue_size else None
 
