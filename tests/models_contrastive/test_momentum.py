@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
 
 from noisyseg.distributed import gather, gather_no_grad, is_dist, rank, world_size
@@ -136,6 +137,8 @@ def test_split_batchnorm_equals_running_the_network_on_each_sub_batch() -> None:
     split.eval(), net.eval()
     torch.testing.assert_close(split(x), net(x))
     assert "groups=3" in repr(split)
+    bare = split_batchnorm(nn.Sequential(nn.BatchNorm2d(3, affine=False, track_running_stats=False)), 2)
+    torch.testing.assert_close(bare(x[:, :3]), torch.cat([F.batch_norm(p, None, None, training=True) for p in x[:, :3].chunk(2)]))
     with pytest.raises(ValueError, match="groups=0"):
         split_batchnorm(net, 0)
 

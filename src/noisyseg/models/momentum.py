@@ -260,10 +260,12 @@ def split_batchnorm(module: nn.Module, groups: int) -> nn.Module:
         if isinstance(child, SplitBatchNorm2d):
             child.groups = int(groups)
         elif isinstance(child, nn.BatchNorm2d):
+            like = next((t for t in (child.weight, child.running_mean) if t is not None), None)
+            where = {"device": like.device, "dtype": like.dtype} if like is not None else {}
             split = SplitBatchNorm2d(
                 child.num_features, groups, eps=child.eps, momentum=child.momentum, affine=child.affine,
-                track_running_stats=child.track_running_stats,
-            ).to(device=child.weight.device if child.affine else None)
+                track_running_stats=child.track_running_stats, **where,
+            )
             split.load_state_dict(child.state_dict())
             split.train(child.training)
             setattr(module, name, split)
