@@ -51,3 +51,10 @@ def test_parity_compares_means_over_seeds_and_reports_the_spread():
     assert "| moco | probe | 30.0 / 26.0 | 2.8 |" in parity.spread(fp32)
     _, missing = parity.compare({("a", "probe"): 0.1}, {}, ("x", "y"))
     assert missing == float("inf")
+
+
+def test_parity_reuses_a_finished_run(tmp_path):
+    import parity
+
+    (tmp_path / "results.csv").write_text("arm,mode,metric,value\nrandom,probe,miou,0.25\nrandom,probe,f1,0.4\n")
+    assert parity.run_demo(tmp_path, "32-true", 0, quick=True, reuse=True) == {("random", "probe"): 0.25}
