@@ -137,6 +137,8 @@ def test_split_batchnorm_equals_running_the_network_on_each_sub_batch() -> None:
     split.eval(), net.eval()
     torch.testing.assert_close(split(x), net(x))
     assert "groups=3" in repr(split)
+    frozen = split_batchnorm(copy.deepcopy(net).requires_grad_(False), 2)
+    assert not any(p.requires_grad for p in frozen.parameters())  # MoCo's key encoder stays frozen
     bare = split_batchnorm(nn.Sequential(nn.BatchNorm2d(3, affine=False, track_running_stats=False)), 2)
     torch.testing.assert_close(bare(x[:, :3]), torch.cat([F.batch_norm(p, None, None, training=True) for p in x[:, :3].chunk(2)]))
     with pytest.raises(ValueError, match="groups=0"):
@@ -240,3 +242,15 @@ def test_under_two_gloo_processes(tmp_path) -> None:
     expected_center = 0.1 * teacher_all.reshape(-1, 5).mean(0, keepdim=True)
     for x in res:
         torch.testing.assert_close(x["center"], expected_center)
+
+
+def test_moco_key_encoder_has_split_bn_and_no_trainable_parameters() -> None:
+    from noisyseg.models.momentum import SplitBatchNorm2d
+    from noisyseg.tasks import MoCoTask
+
+    task = MoCoTask(hidden_dim=32, out_dim=16, queue_size=32, key_bn_chunks=4)
+    bns = [m for m in task.key.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, SplitBatchNorm2d) and m.groups == 4 for m in bns)
+    assert not any(p.requires_grad for p in task.key.parameters())  # DDP rejects unused trainable ones
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in task.query.modules())  # queries: whole-batch BN
+    assert list(task.key.state_dict()) == list(task.query.state_dict())

@@ -267,6 +267,8 @@ def split_batchnorm(module: nn.Module, groups: int) -> nn.Module:
                 track_running_stats=child.track_running_stats, **where,
             )
             split.load_state_dict(child.state_dict())
+            for pname, p in split.named_parameters(recurse=False):  # a frozen key stays frozen (DDP checks)
+                p.requires_grad_(getattr(child, pname).requires_grad)
             split.train(child.training)
             setattr(module, name, split)
         else:
