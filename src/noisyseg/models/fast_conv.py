@@ -1,10 +1,10 @@
 """A convolution whose weight gradient is one matmul when its output map is small (CPU, bf16).
 
 Why by hand: on this project's CPU (oneDNN in torch 2.14, bf16, AMX) the weight gradient of a
-3x3 convolution with a small output map — ResNet layer 4 at 128 px, the size the MoCo and
-UNet benchmarks train at — is slow: 512 -> 512 channels, 4x4 map, batch 32, one thread: forward 6.2 ms,
-oneDNN weight gradient 22.1 ms, the same gradient as ``grad_y^T @ im2col(x)`` 3.6 ms. Measured
-weight-gradient times (ms, oneDNN vs matmul incl. im2col, one thread / two threads):
+3x3 convolution with a small output map — ResNet layer 4 at 128 px, the size the MoCo and UNet
+benchmarks train at — is slow. 512 -> 512 channels, 4x4 map, batch 32, one thread: forward
+6.2 ms, oneDNN weight gradient 22.1 ms, the same gradient as ``grad_y^T @ im2col(x)`` 3.6 ms.
+Measured weight-gradient times (ms, oneDNN vs matmul incl. im2col, one thread / two threads):
 
 ==========================  ==============  ==============
 shape (batch 32)            1 thread        2 threads
@@ -65,7 +65,7 @@ class _MatmulWeightGradConv(torch.autograd.Function):
                 gy, x, w, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
         if ctx.needs_input_grad[1]:
-            # K x N*Ho*Wo row-major: the GEMM runs ~2x faster than on the transposed view (bf16, AMX)
+            # K x N*Ho*Wo row-major: the GEMM ran up to 1.9x faster than on the transposed view (bf16, AMX)
             g = gy.permute(1, 0, 2, 3).reshape(gy.shape[1], -1)  # K x N*Ho*Wo
             k, c, kh, kw = w.shape
             cols = _im2col(x, (kh, kw), ctx.stride, ctx.padding)  # N*Ho*Wo x kh*kw*C
@@ -107,7 +107,7 @@ def use_small_map_convs(module: nn.Module) -> nn.Module:
     Parameters, buffers and their names are unchanged (checkpoints and exports are unaffected);
     a convolution only takes the matmul route when its call meets the conditions above.
     """
-    for name, child in list(module.named_children()):
+    for child in module.children():
         if type(child) is nn.Conv2d:
             child.__class__ = SmallMapConv2d  # same attributes and state; only forward differs
         else:
