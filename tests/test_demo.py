@@ -30,7 +30,7 @@ def test_demo_quick(tmp_path):
 
 @pytest.mark.slow
 def test_demo_full_noisy_label_encoder_beats_random(tmp_path):
-    """The full-size demo without its MoCo arms (about 2 minutes here): noisy-label encoder beats random, frozen."""
+    """Full-size demo without the MoCo arms (~2 min here): noisy-label encoder beats random, frozen."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-moco"]) == 0
     miou = {
