@@ -16,13 +16,7 @@ from noisyseg.analysis.weights import relative_change, weight_stats
 from noisyseg.data import VTSSegmentation
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the test machine's 2 cores are shared, and oversubscribed threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_fisher_ratio_exact_closed_form():

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from noisyseg.experiments import pipeline, sweep
@@ -18,13 +17,7 @@ from noisyseg.experiments.spec import load_spec, plan_runs
 from noisyseg.experiments.table import append_rows, read_rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the test machine's 2 cores are shared, and oversubscribed threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _vts(split: str, n: int, **kw) -> dict:

@@ -52,8 +52,15 @@ class Section:
     data: Any = None
 
 
-def _pct(s: Stat) -> str:
-    return s.pct()
+def _line_section(rows, out: Path, name: str, title: str, axis: str, plot_title: str, xlabel: str,
+                  finding: str) -> tuple[Section, Lines]:
+    """A section plotting every scored metric against ``axis`` (``<name>.png``); also its mIoU lines."""
+    data = {}
+    for m in METRICS:
+        if sub := scored(rows, m):
+            data[m] = lines_data(sub, axis, m)
+    sec = Section(name, title, [finding], line_figure(data, plot_title, xlabel, out / f"{name}.png"), data)
+    return sec, data.get("miou", Lines(axis, "miou"))
 
 
 def summary(rows, out: Path) -> Section:
@@ -76,15 +83,16 @@ def summary(rows, out: Path) -> Section:
 
 
 def vs_r(rows, out: Path) -> Section:
-    sec = Section("vs_r", "Downstream score against the noisy-pairs rate r")
     sub = [r for r in rows if r.get("mere_exposure") is not True]
-    data = {m: lines_data(scored(sub, m), "r", m) for m in METRICS if scored(sub, m)}
-    sec.data = data
-    sec.figure = line_figure(data, "downstream score vs noisy-pairs rate r", "noisy-pairs rate r", out / "vs_r.png")
-    sec.lines.append("Finding (Gerard & Sullivan, Fig. 1, 4, 5): MoCo v2 and the dense contrastive losses are robust "
-                     "to, or even helped by, partly mismatched positive pairs, so mIoU at the largest r is not below "
-                     "mIoU at the smallest r by more than the spread (only fully false pairs, p = 1, hurt).")
-    for name, pts in data.get("miou", Lines("r", "miou")).series.items():
+    sec, miou = _line_section(
+        sub, out, "vs_r", "Downstream score against the noisy-pairs rate r", "r",
+        "downstream score vs noisy-pairs rate r", "noisy-pairs rate r",
+        "Finding (Gerard & Sullivan, Fig. 1, 4, 5): MoCo v2 and the dense contrastive losses are robust "
+        "to, or even helped by, partly mismatched positive pairs, so mIoU at the largest r is not below "
+        "mIoU at the smallest r by more than the spread (only fully false pairs, p = 1, hurt).",
+    )
+    data = sec.data
+    for name, pts in miou.series.items():
         if is_random(name.split(",")[0], rows) or len(pts) < 2:
             continue
         (x0, a), (x1, b) = pts[0], pts[-1]
@@ -95,7 +103,7 @@ def vs_r(rows, out: Path) -> Section:
         fully_false = p_match is not None and float(p_match.group(1)) >= 1.0
         v = verdict(a, b) if fully_false else verdict_not_below(a, b)
         sec.lines.append(f"- {name}: mIoU {a.pct()} at r={x0} vs {b.pct()} at r={x1}{extra} — **{v}**.")
-    for name, s in data.get("miou", Lines("r", "miou")).baselines.items():
+    for name, s in miou.baselines.items():
         sec.lines.append(f"- reference {name}: mIoU {s.pct()}.")
     return sec
 
@@ -188,13 +196,11 @@ def method_decoder(rows, out: Path) -> Section:
 
 
 def alpha(rows, out: Path) -> Section:
-    sec = Section("alpha", "FALSE: α against downstream mIoU")
-    data = {m: lines_data(scored(rows, m), "alpha", m) for m in METRICS if scored(rows, m)}
-    sec.data = data
-    sec.figure = line_figure(data, "downstream score vs FALSE α", "α", out / "alpha.png")
-    sec.lines.append("Finding (Zhang et al. 2022, FALSE): handling false negatives improves on plain InfoNCE, so "
-                     "FALSE's best α scores above InfoNCE (best α picked on these same scores: optimistic).")
-    miou = data.get("miou", Lines("alpha", "miou"))
+    sec, miou = _line_section(
+        rows, out, "alpha", "FALSE: α against downstream mIoU", "alpha", "downstream score vs FALSE α", "α",
+        "Finding (Zhang et al. 2022, FALSE): handling false negatives improves on plain InfoNCE, so "
+        "FALSE's best α scores above InfoNCE (best α picked on these same scores: optimistic).",
+    )
     for name, pts in miou.series.items():
         sec.lines.append(f"- {name}: " + ", ".join(f"α={x}: {s.pct()}" for x, s in pts))
     for name, pts in miou.series.items():
@@ -207,13 +213,12 @@ def alpha(rows, out: Path) -> Section:
 
 
 def label_noise(rows, out: Path) -> Section:
-    sec = Section("label_noise", "Downstream mIoU against pretraining label noise")
-    data = {m: lines_data(scored(rows, m), "flip_rate", m) for m in METRICS if scored(rows, m)}
-    sec.data = data
-    sec.figure = line_figure(data, "downstream score vs pretraining label noise", "flip rate", out / "label_noise.png")
-    sec.lines.append("Finding (Liu et al.): noisy-label pretraining tolerates heavy label noise, so even at the "
-                     "largest flip rate it transfers better than random initialisation.")
-    miou = data.get("miou", Lines("flip_rate", "miou"))
+    sec, miou = _line_section(
+        rows, out, "label_noise", "Downstream mIoU against pretraining label noise", "flip_rate",
+        "downstream score vs pretraining label noise", "flip rate",
+        "Finding (Liu et al.): noisy-label pretraining tolerates heavy label noise, so even at the "
+        "largest flip rate it transfers better than random initialisation.",
+    )
     for name, pts in miou.series.items():
         (x0, a), (x1, b) = pts[0], pts[-1]
         base = miou.baseline_for(name)
