@@ -1,4 +1,4 @@
-"""SmallMapConv2d: the matmul weight gradient equals the convolution's, and applies only where meant."""
+"""SmallMapConv2d: the matmul convolution and its gradients equal oneDNN's, and apply only where meant."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from noisyseg.models.encoders import build_encoder
-from noisyseg.models.fast_conv import SmallMapConv2d, _MatmulWeightGradConv, use_small_map_convs
+from noisyseg.models.fast_conv import SmallMapConv2d, _MatmulConv, use_small_map_convs
 
 
 @pytest.mark.parametrize(
@@ -32,13 +32,27 @@ def test_matmul_route_gives_the_gradients_of_the_convolution(cin, cout, kernel, 
     y_fast.float().backward(g)
     # bf16 products, fp32 accumulation on both routes: equal to bf16 rounding
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=2e-2, atol=2e-2)
+    assert x_fast.grad.is_contiguous(memory_format=torch.channels_last)
     assert fast.weight.grad.dtype == torch.float32
     if bias:
         torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=2e-2, atol=2e-2)
 
 
-def test_matmul_route_is_taken_only_for_tiny_bf16_maps_with_gradients(monkeypatch) -> None:
+def test_matmul_route_without_gradients_matches_the_convolution() -> None:
+    """The momentum encoder runs under ``no_grad``: its small maps take the matmul forward too."""
+    torch.manual_seed(0)
+    ref = nn.Conv2d(16, 8, 3, 2, 1)
+    fast = use_small_map_convs(nn.Sequential(copy.deepcopy(ref)))[0]
+    x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast._matmul_route(x) is torch.bfloat16
+        y_ref, y_fast = ref(x), fast(x)
+    assert y_fast.dtype == torch.bfloat16 and y_fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_fast, y_ref)
+
+
+def test_matmul_route_is_taken_only_for_tiny_bf16_maps(monkeypatch) -> None:
     conv = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)))[0]
     small, large = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 8, 8)
     assert conv._matmul_route(small) is None  # fp32: oneDNN as is
@@ -46,14 +60,14 @@ def test_matmul_route_is_taken_only_for_tiny_bf16_maps_with_gradients(monkeypatc
         assert conv._matmul_route(small) is torch.bfloat16
         assert conv._matmul_route(large) is None  # 64 output pixels
         with torch.no_grad():
-            assert conv._matmul_route(small) is None  # inference: nothing to gain
+            assert conv._matmul_route(small) is torch.bfloat16  # inference too (the key encoder)
     dilated = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2)))[0]
     grouped = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=2)))[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dilated._matmul_route(small) is None and grouped._matmul_route(small) is None
     calls = []
-    original = _MatmulWeightGradConv.apply
-    monkeypatch.setattr(_MatmulWeightGradConv, "apply", lambda *a: calls.append(a) or original(*a))
+    original = _MatmulConv.apply
+    monkeypatch.setattr(_MatmulConv, "apply", lambda *a: calls.append(a) or original(*a))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv(small).sum().backward()
         conv(large).sum().backward()

@@ -47,28 +47,63 @@ def _im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding
     return patches.permute(0, 1, 2, 4, 5, 3).reshape(-1, kernel[0] * kernel[1] * x.shape[1])
 
 
-class _MatmulWeightGradConv(torch.autograd.Function):
-    """``conv2d(x, w, b)`` forward; backward: oneDNN for the input gradient, a matmul for the weight's."""
+def _col2im(cols: Tensor, shape: torch.Size, out_hw: tuple[int, int], kernel: tuple[int, int],
+            stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+    """Adjoint of :func:`_im2col`: ``[N*Ho*Wo, kh*kw*C] -> [N, C, H, W]`` (channels-last), overlaps summed.
+
+    The overlapping patches are summed in fp32 and rounded once, as oneDNN's input gradient is.
+    """
+    n, c, h, w = shape
+    (ho, wo), (kh, kw), (sh, sw), (ph, pw) = out_hw, kernel, stride, padding
+    patches = cols.view(n, ho, wo, kh, kw, c)
+    acc = cols.new_zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=torch.float32)  # N x H' x W' x C
+    for i in range(kh):
+        for j in range(kw):
+            acc[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += patches[:, :, :, i, j]
+    crop = acc[:, ph : ph + h, pw : pw + w].to(cols.dtype)  # N x H x W x C
+    return crop.permute(0, 3, 1, 2)  # N x C x H x W, channels-last strides
+
+
+def _weight_matrix(w: Tensor) -> Tensor:
+    """``[K, C, kh, kw] -> [K, kh*kw*C]`` (a view when the weight is channels-last)."""
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
+def _conv_matmul(x: Tensor, w: Tensor, b: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
+                 cols: Tensor | None = None) -> Tensor:
+    """``conv2d(x, w, b, stride, padding)`` as ``im2col(x) @ W^T``; output ``[N, K, Ho, Wo]`` channels-last."""
+    n, _, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (wd + 2 * padding[1] - kw) // stride[1] + 1
+    cols = _im2col(x, (kh, kw), stride, padding) if cols is None else cols  # N*Ho*Wo x kh*kw*C
+    wm = _weight_matrix(w)
+    y = cols @ wm.t() if b is None else torch.addmm(b, cols, wm.t())  # N*Ho*Wo x K
+    return y.view(n, ho, wo, k).permute(0, 3, 1, 2)
+
+
+class _MatmulConv(torch.autograd.Function):
+    """A convolution as matmuls: forward ``im2col(x) @ W^T``, input gradient ``col2im(gy @ W)``,
+    weight gradient ``gy^T @ im2col(x)``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, b is not None
-        return F.conv2d(x, w, b, stride, padding)
+        cols = _im2col(x, w.shape[2:], stride, padding)  # kept for the weight gradient: no second im2col
+        y = _conv_matmul(x, w, b, stride, padding, cols)
+        ctx.save_for_backward(cols, w)
+        ctx.x_shape, ctx.stride, ctx.padding, ctx.has_bias = x.shape, stride, padding, b is not None
+        return y
 
     @staticmethod
     def backward(ctx, gy: Tensor):
-        x, w = ctx.saved_tensors
+        cols, w = ctx.saved_tensors
+        k, c, kh, kw = w.shape
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = torch.ops.aten.convolution_backward(
-                gy, x, w, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
-            )[0]
+            g_rows = gy.permute(0, 2, 3, 1).reshape(-1, k)  # N*Ho*Wo x K (a view for channels-last gy)
+            gx = _col2im(g_rows @ _weight_matrix(w), ctx.x_shape, gy.shape[2:], (kh, kw), ctx.stride, ctx.padding)
         if ctx.needs_input_grad[1]:
             # K x N*Ho*Wo row-major: the GEMM ran up to 1.9x faster than on the transposed view (bf16, AMX)
-            g = gy.permute(1, 0, 2, 3).reshape(gy.shape[1], -1)  # K x N*Ho*Wo
-            k, c, kh, kw = w.shape
-            cols = _im2col(x, (kh, kw), ctx.stride, ctx.padding)  # N*Ho*Wo x kh*kw*C
+            g = gy.permute(1, 0, 2, 3).reshape(k, -1)  # K x N*Ho*Wo
             # K x kh*kw*C is the channels-last layout of the weight: no copy when accumulating it
             gw = (g @ cols).view(k, kh, kw, c).permute(0, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -81,7 +116,7 @@ class SmallMapConv2d(nn.Conv2d):
 
     def _matmul_route(self, x: Tensor) -> torch.dtype | None:
         """The compute dtype when the matmul route applies to ``x``, else ``None``."""
-        if not (torch.is_grad_enabled() and self.weight.requires_grad and x.device.type == "cpu"):
+        if x.device.type != "cpu":
             return None
         if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or isinstance(self.padding, str):
             return None
@@ -98,7 +133,7 @@ class SmallMapConv2d(nn.Conv2d):
             return super().forward(x)
         # the casts autocast would make (differentiable: fp32 master weights get fp32 gradients)
         b = None if self.bias is None else self.bias.to(dtype)
-        return _MatmulWeightGradConv.apply(x.to(dtype), self.weight.to(dtype), b, self.stride, self.padding)
+        return _MatmulConv.apply(x.to(dtype), self.weight.to(dtype), b, self.stride, self.padding)
 
 
 def use_small_map_convs(module: nn.Module) -> nn.Module:
