@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 from torch import nn
 
 from noisyseg.models.fast_conv import use_small_map_convs
@@ -51,9 +52,27 @@ def build_encoder(arch: str = "resnet18", in_channels: int = 3, output_stride: i
     return use_small_map_convs(encoder)  # faster bf16 CPU training at small maps; same weights and names
 
 
+def last_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last (stride-32) feature map alone: ``[B, C, H, W] -> [B, out_channels[-1], H/32, W/32]``.
+
+    Equal to ``encoder(x)[-1]``, values and gradients. Why by hand: smp's ResNet forward applies
+    the stem's ReLU before its max-pool because decoders take the stride-2 map as a skip. Without
+    decoder, the max-pool can come first: max commutes with a monotone function, so
+    ``relu(maxpool(y)) == maxpool(relu(y))`` exactly, and the gradient reaches the same input
+    (each window's first maximum; zero where that maximum is <= 0 either way). ReLU and its
+    backward then touch a quarter of the stem's elements (32x64x64x64 at 128 px, batch 32). Other
+    encoders: ``encoder(x)[-1]``.
+    """
+    if type(encoder) is not ResNetEncoder or encoder._depth != 5:
+        return encoder(x)[-1]
+    y = encoder.bn1(encoder.conv1(x))
+    y = encoder.relu(encoder.maxpool(y))  # pool first: identical result, 4x fewer elements for the ReLU
+    return encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(y))))
+
+
 def pooled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Global-average-pooled last feature map: ``[B, C, H, W] -> [B, out_channels[-1]]``."""
-    return encoder(x)[-1].mean(dim=(2, 3))
+    return last_features(encoder, x).mean(dim=(2, 3))
 
 
 def encoder_bands(encoder: nn.Module) -> int:

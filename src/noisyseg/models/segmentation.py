@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.models.encoders import build_encoder, check_arch
+from noisyseg.models.encoders import build_encoder, check_arch, last_features
 
 
 class FCN(nn.Module):
@@ -40,7 +40,7 @@ class FCN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.encoder(x)[-1]  # last map: B x C x H/32 x W/32
+        f = last_features(self.encoder, x)  # last map: B x C x H/32 x W/32
         logits = self.head(f)  # B x K x H/32 x W/32
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)  # B x K x H x W
 

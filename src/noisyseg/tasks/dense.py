@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from noisyseg.data.sample import IGNORE_INDEX, IMAGE, IMAGE2, MASK, MASK2
 from noisyseg.losses.dense import CrossImageLoss, WithinImageLoss, downsample_labels
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.encoders import build_encoder, last_features
 from noisyseg.models.heads import DenseProjection
 from noisyseg.tasks.base import BaseTask
 from noisyseg.transforms.batch import ContrastiveView
@@ -75,7 +75,7 @@ class DenseContrastTask(BaseTask):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, D, S, S]`` projected pixel features."""
-        f = self.encoder(x)[-1]  # B x 512 x H/32 x W/32, before global pooling
+        f = last_features(self.encoder, x)  # B x 512 x H/32 x W/32, before global pooling
         f = F.interpolate(f, size=(self.feature_size, self.feature_size), mode="bilinear", align_corners=False)
         return self.projection(f)  # B x D x S x S
 

@@ -17,7 +17,7 @@ from torch import nn
 from noisyseg.data.sample import IMAGE, IMAGE2
 from noisyseg.distributed import world_size
 from noisyseg.losses.infonce import InfoNCELoss
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.encoders import build_encoder, last_features
 from noisyseg.models.heads import ProjectionMLP
 from noisyseg.models.momentum import KeyQueue, batch_shuffle, batch_unshuffle, momentum_update, split_batchnorm
 from noisyseg.tasks.base import BaseTask
@@ -25,14 +25,18 @@ from noisyseg.transforms.batch import ContrastiveView
 
 
 class EncoderWithHead(nn.Module):
-    """``head(encoder(x)[-1])``: the query or key network of MoCo. ``[B,C,H,W] -> [B,D]``."""
+    """``head(encoder(x)[-1])``: the query or key network of MoCo. ``[B,C,H,W] -> [B,D]``.
+
+    The last map comes from :func:`~noisyseg.models.encoders.last_features` (same values, a cheaper
+    stem).
+    """
 
     def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)[-1])
+        return self.head(last_features(self.encoder, x))
 
 
 def default_queue_size(dataset_len: int, global_batch: int, cap: int = 65536) -> int:
