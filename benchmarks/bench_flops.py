@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    common.add_process_args(ap)
     args = ap.parse_args(argv)
-    common.set_threads(args.threads)
+    common.setup_process(args)
     print(common.table(run(args.quick, args.repeats)))
     return 0
 

@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--peer-bf16", action="store_true", help="also time torchgeo with bf16-mixed")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for both sides")
+    common.add_process_args(ap)
     ap.add_argument("--compile", action="store_true", help="also time noisyseg with torch.compile'd networks")
     args = ap.parse_args(argv)
-    common.set_threads(args.threads)
+    common.setup_process(args)
     print(common.table(run(args.quick, args.repeats, args.peer_bf16, args.compile)))
     return 0
 

@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--peer-bf16", action="store_true", help="also time torchgeo with bf16-mixed")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for both sides")
+    common.add_process_args(ap)
     args = ap.parse_args(argv)
-    common.set_threads(args.threads)
+    common.setup_process(args)
     print(common.table(run(args.quick, args.repeats, args.peer_bf16)))
     return 0
 

@@ -10,7 +10,10 @@ Measurement rules (issue 6):
   step are inside the window and first-call costs (oneDNN primitive creation, allocator growth)
   are not;
 * **A B A B ...** — the two sides alternate and the median of the repeats is reported, because the
-  2-core machine is shared and its load drifts; only same-run ratios mean anything.
+  2-core machine is shared and its load drifts; only same-run ratios mean anything;
+* **one process, one allocator** — both sides share the process, so both run with noisyseg's
+  malloc settings (:func:`noisyseg.runtime.keep_freed_memory`, applied before the first side), or
+  both with glibc's defaults (``--system-malloc``): a ratio measures code, not allocator settings.
 """
 
 from __future__ import annotations
@@ -42,6 +45,34 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def add_process_args(ap, threads: int | None = None) -> None:
+    """The options every benchmark entry point shares: threads and allocator, for both sides."""
+    ap.add_argument("--threads", type=int, default=threads, help="intra-op threads for both sides (0: torch default)")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="glibc malloc defaults for both sides (default: noisyseg's settings for both)")
+
+
+def setup_process(args) -> int:
+    """Apply :func:`add_process_args` options and silence chatter; returns the thread count."""
+    set_malloc(args.system_malloc)
+    quiet()
+    return set_threads(args.threads)
+
+
+def set_malloc(system: bool) -> bool:
+    """Both sides with noisyseg's malloc settings (``False``) or glibc's defaults (``True``).
+
+    The settings are process-wide and cannot be undone, so they are chosen once, before either side
+    runs; the tasks' own call (at ``fit`` start) then finds them in force or, with
+    ``NOISYSEG_MALLOC=system``, leaves malloc alone. Returns whether the settings are in force.
+    """
+    from noisyseg.runtime import MALLOC_ENV, keep_freed_memory
+
+    if system:
+        os.environ[MALLOC_ENV] = "system"
+    return keep_freed_memory()
 
 
 def set_threads(n: int | None) -> int:
@@ -182,7 +213,7 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> floa
 
 def environment() -> dict[str, Any]:
     """What the numbers were measured on."""
-    from noisyseg.runtime import auto_precision, cpu_has_fast_bf16
+    from noisyseg.runtime import auto_precision, cpu_has_fast_bf16, keep_freed_memory
 
     return {
         "torch": torch.__version__,
@@ -190,6 +221,7 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "fast_bf16_cpu": cpu_has_fast_bf16(),
         "auto_precision": auto_precision(),
+        "malloc_kept": keep_freed_memory(),  # True: noisyseg's settings for both sides
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -10,7 +10,11 @@ numbers). On this shared 2-core machine other engineers' jobs keep the load abov
 OpenMP threads then run *slower* than one (each barrier waits for a descheduled thread; see
 README.md); ``--threads 2`` measures the whole machine when it is quiet.
 
-Run: ``python benchmarks/run_all.py [--quick] [--only moco|unet|flops|data|memory] [--threads N]``.
+Allocator: both sides of every comparison run with noisyseg's malloc settings (see
+``common.py``); ``--system-malloc`` runs both with glibc's defaults instead.
+
+Run: ``python benchmarks/run_all.py [--quick] [--only moco|unet|flops|data|memory] [--threads N]
+[--system-malloc]``.
 """
 
 from __future__ import annotations
@@ -32,13 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps and one repeat: a smoke test")
     ap.add_argument("--only", action="append", choices=BENCHES, help="run only these (repeatable)")
     ap.add_argument("--repeats", type=int, default=None, help="A/B repeats (default 3, --quick 1)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both sides (0: torch default)")
+    common.add_process_args(ap, threads=1)
     ap.add_argument("--peer-bf16", action="store_true", help="also time torchgeo with bf16-mixed")
     ap.add_argument("--name", default="latest", help="results file stem under benchmarks/results/")
     args = ap.parse_args(argv)
     only = args.only or list(BENCHES)
-    threads = common.set_threads(args.threads)
-    common.quiet()
+    threads = common.setup_process(args)
     env = common.environment()
     print(f"noisyseg benchmarks: {env}", flush=True)
     rows: list[dict] = []

@@ -1,6 +1,7 @@
 """What every noisyseg Lightning task shares: the fast path, the optimiser, health checks, export.
 
 * channels-last memory format for model and batches (oneDNN's fast bf16 convolutions want it);
+* on the CPU, glibc malloc keeps freed activation-sized blocks (:func:`~noisyseg.runtime.keep_freed_memory`);
 * AdamW or SGD with linear warm-up and cosine decay, stepped per optimiser step;
 * a NaN/Inf loss stops the run with a message naming the step (the last checkpoint stays good);
 * every batch is checked on the CPU before it moves to the device (no device sync): NaN/Inf
@@ -23,6 +24,7 @@ from noisyseg.checkpoints import save_encoder
 from noisyseg.data.sample import IMAGE, IMAGE2, META
 from noisyseg.distributed import is_dist
 from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
+from noisyseg.runtime import keep_freed_memory
 
 
 def batch_sources(batch: dict, indices: list[int] | None = None, limit: int = 3) -> str:
@@ -91,6 +93,10 @@ class BaseTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults for re-allocated activations (NOISYSEG_MALLOC=system: off)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # bad input is caught here, on the CPU copy, with a message naming its source: later it

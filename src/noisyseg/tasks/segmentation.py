@@ -114,6 +114,7 @@ class SegmentationTask(BaseTask):
         return self.model(x)  # B x K x H x W logits
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self.hparams.class_weights == "inverse_frequency":
             self.loss_fn.class_weights = inverse_frequency_weights(self._count_classes()).to(self.device)
 
