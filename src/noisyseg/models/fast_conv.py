@@ -1,28 +1,32 @@
-"""A convolution whose weight gradient is one matmul when its output map is small (CPU, bf16).
+"""A convolution computed as matmuls when its output map is small (CPU, bf16).
 
-Why by hand: on this project's CPU (oneDNN in torch 2.14, bf16, AMX) the weight gradient of a
-3x3 convolution with a small output map — ResNet layer 4 at 128 px, the size the MoCo and UNet
-benchmarks train at — is slow. 512 -> 512 channels, 4x4 map, batch 32, one thread: forward
-6.2 ms, oneDNN weight gradient 22.1 ms, the same gradient as ``grad_y^T @ im2col(x)`` 3.6 ms.
-Measured weight-gradient times (ms, oneDNN vs matmul incl. im2col, one thread / two threads):
+Why by hand: on this project's CPU (oneDNN in torch 2.14, bf16, AMX) 3x3 convolutions with a
+small output map — ResNet layer 4 at 128 px, the size the MoCo and UNet benchmarks train at — are
+slow in all three passes. The same convolution as ``im2col(x) @ W^T`` (forward),
+``col2im(grad_y @ W)`` (input gradient) and ``grad_y^T @ im2col(x)`` (weight gradient) is
+faster there. Measured (ms, batch 32, one thread, oneDNN vs matmul including im2col/col2im):
 
-==========================  ==============  ==============
-shape (batch 32)            1 thread        2 threads
-==========================  ==============  ==============
-512 ch, 4x4 out             22.1 vs 3.6     11.1 vs 1.9
-256 -> 512, stride 2, 4x4   12.4 vs 2.0     6.1 vs 1.2
-512 ch, 8x8 out             29.9 vs 24.8    15.5 vs 11.9
-256 ch, 8x8 out             7.0 vs 6.5      3.5 vs 3.0
-128 ch, 16x16 out           2.8 vs 9.4      1.8 vs 4.8
-64 ch, 32x32 out            3.2 vs 25.3     2.0 vs 15.5
-==========================  ==============  ==============
+==========================  ============  ============  ==============  ==============
+shape (batch 32)            forward       input grad    weight grad     weight grad,
+                                                                        2 threads
+==========================  ============  ============  ==============  ==============
+512 ch, 4x4 out             6.1 vs 2.7    6.8 vs 3.1    22.1 vs 3.6     11.1 vs 1.9
+256 -> 512, stride 2, 4x4   2.4 vs 1.6    4.4 vs 1.8    12.4 vs 2.0     6.1 vs 1.2
+1x1 256 -> 512, stride 2    0.20 vs 0.27  0.60 vs 0.28
+512 ch, 8x8 out                                         29.9 vs 24.8    15.5 vs 11.9
+256 ch, 8x8 out             2.0 vs 2.6    2.0 vs 4.3    7.0 vs 6.5      3.5 vs 3.0
+128 -> 256, stride 2, 8x8   1.4 vs 1.6    1.7 vs 2.6    2.8 vs 9.4      1.8 vs 4.8
+64 ch, 32x32 out                                        3.2 vs 25.3     2.0 vs 15.5
+==========================  ============  ============  ==============  ==============
 
 No library offers a switch for it, so :class:`SmallMapConv2d` takes the matmul route only where
 it was measured to win — CPU, bfloat16, groups 1, no dilation, an output of at most
-:data:`MAX_OUTPUT_PIXELS` pixels — and is a plain :class:`torch.nn.Conv2d` everywhere else (same
-parameters, same state-dict names, same forward). A ResNet-18 query forward + backward at 128 px,
-batch 32, went from ~445 to ~380 ms. Up to 8x8 the matmul wins alone, but inside a training
-step 8x8 maps broke even (the im2col copy competes for memory bandwidth), so the limit is 4x4.
+:data:`MAX_OUTPUT_PIXELS` pixels, with or without gradients (the MoCo key encoder runs under
+``no_grad``) — and is a plain :class:`torch.nn.Conv2d` everywhere else (same parameters, same
+state-dict names). Inside a MoCo step (ResNet-18, 128 px, batch 32, one thread) the weight
+gradient alone took the query forward + backward from ~445 to ~380 ms; forward and input
+gradient took ~10-17 ms more off the step (two A/B pairs of medians: 579 -> 562, 592 -> 583 ms). At 8x8 maps the matmul loses
+or breaks even (the im2col copy competes for memory bandwidth), so the limit is 4x4.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class _MatmulConv(torch.autograd.Function):
 
 
 class SmallMapConv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` with the matmul weight gradient for small bf16 CPU output maps."""
+    """:class:`torch.nn.Conv2d` computed as matmuls for small bf16 CPU output maps (see the module)."""
 
     def _matmul_route(self, x: Tensor) -> torch.dtype | None:
         """The compute dtype when the matmul route applies to ``x``, else ``None``."""
