@@ -83,3 +83,27 @@ def test_encoders_keep_their_state_dict_names() -> None:
             m.__class__ = nn.Conv2d
     assert list(enc.state_dict()) == list(plain.state_dict())
     plain.load_state_dict(enc.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("decoder", ["unet", "deeplabv3plus", "pspnet", "fcn"])
+def test_segmentation_models_take_the_route_and_load_into_plain_smp(decoder, monkeypatch) -> None:
+    """smp builds its own encoder: the segmentation model converts it, keeping every state-dict name."""
+    import segmentation_models_pytorch as smp
+
+    from noisyseg.models.segmentation import build_segmentation_model
+
+    model = build_segmentation_model(decoder, "resnet18", 3, 2)
+    assert isinstance(model.encoder.layer4[1].conv1, SmallMapConv2d)
+    assert not any(type(m) is nn.Conv2d for m in model.modules())
+    if decoder != "fcn":
+        plain = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus, "pspnet": smp.PSPNet}[decoder]
+        plain(encoder_name="resnet18", encoder_weights=None, classes=2).load_state_dict(model.state_dict(), strict=True)
+    calls = []
+    original = _MatmulConv.apply
+    monkeypatch.setattr(_MatmulConv, "apply", lambda *a: calls.append(a) or original(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # layer 4 at 4x4 (PSPNet: its pyramid's 1x1-6x6 pooled maps, followed by in-place ReLUs)
+        model(torch.randn(2, 3, 128, 128)).float().mean().backward()
+    assert calls
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -81,8 +81,15 @@ def _conv_matmul(x: Tensor, w: Tensor, b: Tensor | None, stride: tuple[int, int]
     ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (wd + 2 * padding[1] - kw) // stride[1] + 1
     cols = _im2col(x, (kh, kw), stride, padding) if cols is None else cols  # N*Ho*Wo x kh*kw*C
     wm = _weight_matrix(w)
-    y = cols @ wm.t() if b is None else torch.addmm(b, cols, wm.t())  # N*Ho*Wo x K
-    return y.view(n, ho, wo, k).permute(0, 3, 1, 2)
+    # the matmul writes straight into a channels-last [N, K, Ho, Wo] tensor: no copy, and the
+    # output is no view (a following in-place op, e.g. ReLU(inplace=True), must be allowed)
+    y = torch.empty((n, k, ho, wo), dtype=cols.dtype, device=cols.device, memory_format=torch.channels_last)
+    rows = y.permute(0, 2, 3, 1).view(-1, k)  # N*Ho*Wo x K, y's own memory
+    if b is None:
+        torch.mm(cols, wm.t(), out=rows)
+    else:
+        torch.addmm(b, cols, wm.t(), out=rows)
+    return y
 
 
 class _MatmulConv(torch.autograd.Function):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisyseg.models.encoders import build_encoder, check_arch, last_features
+from noisyseg.models.fast_conv import use_small_map_convs
 
 
 class FCN(nn.Module):
@@ -76,7 +77,8 @@ def build_segmentation_model(
         raise ValueError(f"num_classes={num_classes} must be >= 2")
     if in_channels < 1:
         raise ValueError(f"in_channels={in_channels} must be >= 1")
-    return DECODERS[decoder](arch, in_channels, num_classes)
+    # smp builds its own encoder: its small-map convolutions get the bf16 CPU matmul route here
+    return use_small_map_convs(DECODERS[decoder](arch, in_channels, num_classes))
 
 
 def decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
