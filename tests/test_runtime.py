@@ -16,7 +16,7 @@ from noisyseg.tasks import MoCoTask, SegmentationTask
 PROBE = "from noisyseg.runtime import keep_freed_memory as k; print(k(), k())"
 
 
-def _probe(env_value: str | None) -> str:
+def _probe(env_value: str | None) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != MALLOC_ENV}
     if env_value is not None:
         env[MALLOC_ENV] = env_value

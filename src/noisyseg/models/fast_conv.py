@@ -1,6 +1,6 @@
 """A convolution computed as matmuls when its output map is small (CPU, bf16).
 
-Why by hand: on this project's CPU (oneDNN in torch 2.14, bf16, AMX) 3x3 convolutions with a
+Why by hand: on this project's CPU (oneDNN in torch 2.14, bf16, AMX) convolutions with a
 small output map — ResNet layer 4 at 128 px, the size the MoCo and UNet benchmarks train at — are
 slow in all three passes. The same convolution as ``im2col(x) @ W^T`` (forward),
 ``col2im(grad_y @ W)`` (input gradient) and ``grad_y^T @ im2col(x)`` (weight gradient) is
@@ -15,7 +15,8 @@ shape (batch 32)            forward       input grad    weight grad     weight g
 1x1 256 -> 512, stride 2    0.20 vs 0.27  0.60 vs 0.28
 512 ch, 8x8 out                                         29.9 vs 24.8    15.5 vs 11.9
 256 ch, 8x8 out             2.0 vs 2.6    2.0 vs 4.3    7.0 vs 6.5      3.5 vs 3.0
-128 -> 256, stride 2, 8x8   1.4 vs 1.6    1.7 vs 2.6    2.8 vs 9.4      1.8 vs 4.8
+128 -> 256, stride 2, 8x8   1.4 vs 1.6    1.7 vs 2.6
+128 ch, 16x16 out                                       2.8 vs 9.4      1.8 vs 4.8
 64 ch, 32x32 out                                        3.2 vs 25.3     2.0 vs 15.5
 ==========================  ============  ============  ==============  ==============
 
@@ -25,8 +26,9 @@ it was measured to win — CPU, bfloat16, groups 1, no dilation, an output of at
 ``no_grad``) — and is a plain :class:`torch.nn.Conv2d` everywhere else (same parameters, same
 state-dict names). Inside a MoCo step (ResNet-18, 128 px, batch 32, one thread) the weight
 gradient alone took the query forward + backward from ~445 to ~380 ms; forward and input
-gradient took ~10-17 ms more off the step (two A/B pairs of medians: 579 -> 562, 592 -> 583 ms). At 8x8 maps the matmul loses
-or breaks even (the im2col copy competes for memory bandwidth), so the limit is 4x4.
+gradient took ~10-17 ms more off the step (two A/B pairs of medians: 579 -> 562 and
+592 -> 583 ms). At 8x8 maps the matmul loses or breaks even (the im2col copy competes for memory
+bandwidth), so the limit is 4x4.
 """
 
 from __future__ import annotations
