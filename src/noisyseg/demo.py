@@ -213,8 +213,10 @@ def run_demo(out: Path, sz: DemoSize, seed: int = 0, precision: str = "auto", mo
             timings[f"{mode} {arm}"] = res["seconds"]["fit"] + res["seconds"]["test"]
             for metric, value in res["test"].items():
                 rows.append({"arm": arm, "mode": mode, "metric": metric, "value": value})
-            if mode == "finetune":  # kept for the figure: the model and its test set only
-                finetuned[arm] = {"model": res["model"], "test_set": res["datamodule"].test_set}
+            if mode == "finetune":  # kept for the figure: the network and its test set only, not the
+                # task, whose trainer would keep optimiser state, loaders and cached data alive
+                finetuned[arm] = {"model": res["model"].model, "test_set": res["datamodule"].test_set}
+            del res
     seconds = time.perf_counter() - t_start
     pretrain_example = instantiate(pre_cfgs["supervised (noisy labels)"]["data"]["init_args"]["train"])
     paths = _write_outputs(out, rows, timings, seconds, sz, pretrain_example, finetuned)
