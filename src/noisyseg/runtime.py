@@ -50,9 +50,9 @@ MALLOC_SETTINGS = {  # the largest mmap threshold glibc accepts on 64-bit is 32 
     "trim_threshold": (_M_TRIM_THRESHOLD, 1 << 30),
     "top_pad": (_M_TOP_PAD, 64 << 20),
 }
-_malloc_state: dict[str, bool] = {}
 
 
+@functools.cache  # process-wide settings: the first call decides, later calls report it
 def keep_freed_memory() -> bool:
     """Make glibc malloc keep freed activation-sized blocks for reuse (once per process).
 
@@ -70,16 +70,11 @@ def keep_freed_memory() -> bool:
         ``True`` when the settings are in force (now or from an earlier call); ``False`` on a
         non-glibc platform, when ``mallopt`` refuses a value, or when ``NOISYSEG_MALLOC=system``.
     """
-    if "applied" in _malloc_state:
-        return _malloc_state["applied"]
-    applied = False
-    if os.environ.get(MALLOC_ENV, "").lower() != "system" and platform.libc_ver()[0] == "glibc":
-        try:
-            mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-        except (OSError, AttributeError):
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            applied = all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.values())
-    _malloc_state["applied"] = applied
-    return applied
+    if os.environ.get(MALLOC_ENV, "").lower() == "system" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.values())

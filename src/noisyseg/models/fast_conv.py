@@ -75,17 +75,19 @@ def _weight_matrix(w: Tensor) -> Tensor:
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
 
 
-def _conv_matmul(x: Tensor, w: Tensor, b: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
-                 cols: Tensor | None = None) -> Tensor:
-    """``conv2d(x, w, b, stride, padding)`` as ``im2col(x) @ W^T``; output ``[N, K, Ho, Wo]`` channels-last."""
-    n, _, h, wd = x.shape
-    k, _, kh, kw = w.shape
-    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (wd + 2 * padding[1] - kw) // stride[1] + 1
-    cols = _im2col(x, (kh, kw), stride, padding) if cols is None else cols  # N*Ho*Wo x kh*kw*C
+def _out_size(hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+              padding: tuple[int, int]) -> tuple[int, int]:
+    """Output ``(Ho, Wo)`` of a convolution without dilation."""
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(hw, kernel, stride, padding))
+
+
+def _conv_matmul(cols: Tensor, w: Tensor, b: Tensor | None, n: int, out_hw: tuple[int, int]) -> Tensor:
+    """``im2col(x) @ W^T (+ b)`` from the columns ``[N*Ho*Wo, kh*kw*C]``: ``[N, K, Ho, Wo]`` channels-last."""
+    k = w.shape[0]
     wm = _weight_matrix(w)
     # the matmul writes straight into a channels-last [N, K, Ho, Wo] tensor: no copy, and the
     # output is no view (a following in-place op, e.g. ReLU(inplace=True), must be allowed)
-    y = torch.empty((n, k, ho, wo), dtype=cols.dtype, device=cols.device, memory_format=torch.channels_last)
+    y = torch.empty((n, k, *out_hw), dtype=cols.dtype, device=cols.device, memory_format=torch.channels_last)
     rows = y.permute(0, 2, 3, 1).view(-1, k)  # N*Ho*Wo x K, y's own memory
     if b is None:
         torch.mm(cols, wm.t(), out=rows)
@@ -101,7 +103,7 @@ class _MatmulConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
         cols = _im2col(x, w.shape[2:], stride, padding)  # kept for the weight gradient: no second im2col
-        y = _conv_matmul(x, w, b, stride, padding, cols)
+        y = _conv_matmul(cols, w, b, x.shape[0], _out_size(x.shape[2:], w.shape[2:], stride, padding))
         ctx.save_for_backward(cols, w)
         ctx.x_shape, ctx.stride, ctx.padding, ctx.has_bias = x.shape, stride, padding, b is not None
         return y
@@ -136,8 +138,7 @@ class SmallMapConv2d(nn.Conv2d):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if dtype != torch.bfloat16:
             return None
-        ho = (x.shape[2] + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
-        wo = (x.shape[3] + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
+        ho, wo = _out_size(x.shape[2:], self.kernel_size, self.stride, self.padding)
         return dtype if ho * wo <= MAX_OUTPUT_PIXELS else None
 
     def forward(self, x: Tensor) -> Tensor:
