@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from noisyseg.data.samplers import EpochIndex
 from noisyseg.data.textures import SPLITS, TextureBank, split_indices
 from noisyseg.data.vts import VTSGenerator, VTSPairs, VTSSegmentation
 
@@ -89,9 +90,8 @@ def test_noisy_pair_rate_and_per_image_noise_over_draws():
     ds = VTSPairs("train", length=500, size=24, num_cells=20, r=r, p=p)
     noisy, replaced = [], []
     for epoch in range(4):
-        ds.set_epoch(epoch)
         for i in range(500):
-            m = ds[i]["meta"]
+            m = ds[EpochIndex(i, epoch)]["meta"]
             noisy.append(m["noisy"])
             if m["noisy"]:
                 replaced.append(m["replaced_fraction"])
@@ -120,6 +120,31 @@ def test_mere_exposure_has_noise_texture_but_no_mismatch():
         assert torch.equal(s["image"], s["image2"])  # no mismatch
         assert not s["noisy_pair"]
         assert not torch.equal(s["image"], plain[i]["image"])  # but the noise texture is there
+
+
+@pytest.mark.parametrize("p", [0.25, 0.75])
+def test_mere_exposure_shows_noise_texture_in_both_views_over_area_p(p):
+    """Mere exposure: both views are the corrupted scene, whose replaced cells cover ~p of it."""
+    n = 60
+    ds = VTSPairs("train", length=n, size=32, num_cells=20, r=1.0, p=p, mere_exposure=True)
+    plain = VTSPairs("train", length=n, size=32, num_cells=20, r=0.0)
+    changed = []
+    for i in range(n):
+        s, clean = ds[i], plain[i]["image"]
+        diff = (s["image"] != clean).any(0)  # H x W pixels where the noise texture replaced the scene
+        assert torch.equal((s["image2"] != clean).any(0), diff)  # the same noise in both views
+        assert diff.float().mean().item() == pytest.approx(s["meta"]["replaced_fraction"], abs=0.02)
+        changed.append(diff.float().mean().item())
+    # round(p * 20) of 20 cells are replaced; cells have random areas, so the mean area is ~p
+    assert abs(np.mean(changed) - round(p * 20) / 20) < 0.05
+
+
+def test_pairing_is_a_function_of_index_and_epoch():
+    ds = VTSPairs("train", length=200, size=16, num_cells=4, r=0.5, p=0.5)
+    draw = lambda epoch: [ds[EpochIndex(i, epoch)]["meta"]["noisy"] for i in range(200)]  # noqa: E731
+    assert draw(0) == [ds[i]["meta"]["noisy"] for i in range(200)]  # a plain index is epoch 0
+    assert draw(1) == draw(1)  # reproducible
+    assert sum(a != b for a, b in zip(draw(0), draw(1))) > 60  # ~100 of 200 differ between epochs
 
 
 @pytest.mark.parametrize("kw", [{"r": 1.5}, {"p": -0.1}])

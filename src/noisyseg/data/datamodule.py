@@ -12,6 +12,11 @@ sample contract (:mod:`noisyseg.data.sample`) trains through the same CLI::
 
 Augmentation is not done here but batched on the device by the task
 (:mod:`noisyseg.transforms`), which is faster on the CPU than per-sample transforms in workers.
+
+The training loader draws with :class:`~noisyseg.data.samplers.EpochSampler`: its order is a
+function of (seed, epoch) and every index it yields carries the epoch, so per-epoch random
+pairings reach loader workers (:func:`~noisyseg.data.samplers.epoch_of`). ``replacement`` and
+``samples_per_epoch`` make an epoch a fixed number of draws, for datasets of a few images.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from noisyseg.data.sample import collate
-from noisyseg.data.samplers import UnpaddedDistributedSampler
+from noisyseg.data.samplers import EpochSampler, UnpaddedDistributedSampler
 from noisyseg.distributed import is_dist
 
 
@@ -37,6 +42,11 @@ class DataModule(L.LightningDataModule):
         num_workers: loader worker processes; 0 keeps generation in the main process.
         eval_batch_size: batch size for val/test (defaults to ``batch_size``).
         drop_last: drop the last incomplete training batch (contrastive queues want fixed sizes).
+        replacement: draw training samples with replacement (each draw uniform over the set).
+        samples_per_epoch: training samples drawn per epoch over all processes (``None``: the
+            dataset size); with ``batch_size`` it fixes the steps per epoch of a tiny dataset.
+        seed: seed of the training order and of the epoch tags (``None``: the run's
+            ``seed_everything``).
     """
 
     def __init__(
@@ -48,10 +58,16 @@ class DataModule(L.LightningDataModule):
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         drop_last: bool = False,
+        replacement: bool = False,
+        samples_per_epoch: int | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch={samples_per_epoch} must be >= 1 (or null for the dataset size)")
+        self.replacement, self.samples_per_epoch, self.seed = replacement, samples_per_epoch, seed
         self.train_set, self.val_set, self.test_set = train, val, test
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -63,12 +79,13 @@ class DataModule(L.LightningDataModule):
             raise ValueError(f"no {name} dataset was configured (data.init_args.{name})")
         if len(ds) == 0:  # type: ignore[arg-type]
             raise ValueError(f"the {name} dataset {type(ds).__name__} is empty")
-        # under DDP, evaluation splits without padding so every sample is scored exactly once
-        sampler = UnpaddedDistributedSampler(ds) if not train and is_dist() else None
+        if train:  # order and epoch tags from (seed, epoch); split across DDP ranks by the sampler itself
+            sampler = EpochSampler(ds, seed=self.seed, replacement=self.replacement, num_samples=self.samples_per_epoch)
+        else:  # under DDP, evaluation splits without padding so every sample is scored exactly once
+            sampler = UnpaddedDistributedSampler(ds) if is_dist() else None
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
             sampler=sampler,
             drop_last=train and self.drop_last,
             num_workers=self.num_workers,

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from noisyseg.data.label_noise import LabelNoise, apply_noise, noise_rate
 from noisyseg.data.sample import Sample, make_sample
+from noisyseg.data.samplers import epoch_of
 from noisyseg.data.textures import SPLITS, TextureBank
 
 PAPER_SPLIT_SIZES = {"train": 6000, "val": 3600, "test": 2400}
@@ -224,8 +225,10 @@ class VTSPairs(Dataset):
     With ``mere_exposure`` a noisy pair is replaced by two copies of the noisy image: the encoder
     sees the noise texture exactly as often, but never a mismatched pair.
 
-    "Each time loaded" is made reproducible by drawing from (seed, split, index, epoch); the
-    training task calls :meth:`set_epoch`.
+    "Each time loaded" is made reproducible by drawing from (seed, split, index, epoch). The epoch
+    comes with the index (:func:`~noisyseg.data.samplers.epoch_of`: the training loader's
+    :class:`~noisyseg.data.samplers.EpochSampler` tags every index), so it reaches loader workers;
+    a plain integer index is epoch 0.
 
     Args:
         r: noisy-pairs rate in [0, 1].
@@ -266,13 +269,8 @@ class VTSPairs(Dataset):
         if self.length < 1:
             raise ValueError(f"length={length} must be >= 1")
         self.r, self.p, self.mere_exposure = float(r), float(p), bool(mere_exposure)
-        self.epoch = 0
         self.num_classes = self.gen.num_classes
         self.normalization = {"mean": [VTS_MEAN] * bands, "std": [VTS_STD] * bands}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Redraw the random pairing for a new epoch (called by the training task)."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.length
@@ -286,7 +284,9 @@ class VTSPairs(Dataset):
             sc = self.gen.scene(index)
             if self._cache is not None:
                 self._cache[index] = sc
-        rng = self.gen.rng(index, 2, self.epoch)  # pairing stream: differs every epoch
+        epoch = epoch_of(index)
+        index = int(index)
+        rng = self.gen.rng(index, 2, epoch)  # pairing stream: differs every epoch
         noisy = bool(rng.random() < self.r)
         image, image2, replaced = sc.image, sc.image, 0.0
         if noisy:
@@ -295,7 +295,8 @@ class VTSPairs(Dataset):
             image2 = corrupted
             if self.mere_exposure:
                 image = corrupted  # both views show the noise texture; no mismatch
-        meta = {"index": index, "noisy": noisy, "replaced_fraction": replaced, "mere_exposure": self.mere_exposure}
+        meta = {"index": index, "epoch": epoch, "noisy": noisy, "replaced_fraction": replaced,
+                "mere_exposure": self.mere_exposure}
         return make_sample(
             _normalise(image),
             sc.mask,
