@@ -287,3 +287,19 @@ def test_tiny_real_sweep_table_schema(tmp_path):
     assert (run / "encoder.safetensors").is_file()
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["downstream"]["probe"]["model"]["init_args"]["encoder_path"] == str(run / "encoder.safetensors")
+
+
+def test_pretraining_with_a_test_set_is_scored_as_downstream_pretrained(tmp_path):
+    """A pretraining config with data.test: the pretrained network itself is tested (no fine-tuning)."""
+    spec = write_spec(tmp_path, grid={"pretrain": ["sup"]}, seeds=[0],
+                      downstream=[{"name": "probe", "config": str(tmp_path / "down.yaml")}],
+                      overrides={"pretrain.data.init_args.test": _vts("test", 4, seed=1)})
+    out = tmp_path / "out"
+    assert sweep.main([str(spec), "--out", str(out), "--no-report"]) == 0
+    rows = read_rows(out / "results.csv")
+    assert {r["downstream"] for r in rows} == {"pretrained", "probe"}
+    run = out / rows[0]["run"]
+    stored = json.loads((run / "pretrain" / "metrics.json").read_text())["test"]
+    pre = {r["metric"]: float(r["value"]) for r in rows if r["downstream"] == "pretrained"}
+    assert pre == pytest.approx(stored) and pre["miou"] > 0
+    assert all(float(r["seconds"]) == 0 for r in rows if r["downstream"] == "pretrained")

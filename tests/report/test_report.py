@@ -47,7 +47,7 @@ def test_noisy_pairs_report_series_and_verdicts(tmp_path):
     from noisyseg.report.tables import load_table
 
     sections = {s.name: s for s in build_report(load_table(tmp_path / "results.csv"), tmp_path / "rep")}
-    assert set(sections) == {"summary", "vs_r", "heatmap_rp", "noisy_minus_mere"}
+    assert set(sections) == {"summary", "vs_r", "heatmap_rp", "noisy_minus_mere", "vs_random"}
     vs = sections["vs_r"].data["miou"]
     assert set(vs.series) == {"moco, p=0.5", "moco, p=1.0", "dense, p=0.5", "dense, p=1.0"}
     xs = [x for x, _ in vs.series["moco, p=1.0"]]
@@ -105,7 +105,7 @@ def test_method_decoder_table_with_class_mismatch(tmp_path):
     from noisyseg.report.tables import load_table
 
     sections = {s.name: s for s in build_report(load_table(tmp_path / "results.csv"), tmp_path / "report")}
-    assert set(sections) == {"summary", "method_decoder"}
+    assert set(sections) == {"summary", "method_decoder", "vs_random"}
     cells = sections["method_decoder"].data
     assert cells[("supervised, classes=merged", "pspnet")].mean == pytest.approx(0.45)
     assert cells[("random", "deeplabv3plus")].mean == pytest.approx(0.45)
@@ -146,7 +146,7 @@ def test_alpha_and_label_noise_sections(tmp_path):
             rows += _rows(f"sup-{fr}-{seed}", {"method": "supervised", "flip_rate": fr}, seed, 0.7 - 0.1 * fr, 0.8)
     write_rows(tmp_path / "ln.csv", rows, ["run", "seed", "method", "flip_rate"])
     sections = {s.name: s for s in build_report(load_table(tmp_path / "ln.csv"), tmp_path / "rep2")}
-    assert set(sections) == {"summary", "label_noise"}
+    assert set(sections) == {"summary", "label_noise", "vs_random"}
     ln = sections["label_noise"].data["miou"]
     assert list(ln.series) == ["supervised"] and set(ln.baselines) == {"random"}
     assert [s.mean for _, s in ln.series["supervised"]] == pytest.approx([0.7, 0.67, 0.63])

@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from noisyseg.data.cache import InMemory
 from noisyseg.data.sample import collate
 from noisyseg.data.samplers import EpochSampler, UnpaddedDistributedSampler
 from noisyseg.distributed import is_dist
@@ -47,6 +48,9 @@ class DataModule(L.LightningDataModule):
             dataset size); with ``batch_size`` it fixes the steps per epoch of a tiny dataset.
         seed: seed of the training order and of the epoch tags (``None``: the run's
             ``seed_everything``).
+        cache: keep every decoded sample in memory after its first read
+            (:class:`~noisyseg.data.cache.InMemory`): for small real datasets read many times;
+            refused for datasets that draw per epoch.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class DataModule(L.LightningDataModule):
         replacement: bool = False,
         samples_per_epoch: int | None = None,
         seed: int | None = None,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -68,6 +73,8 @@ class DataModule(L.LightningDataModule):
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch={samples_per_epoch} must be >= 1 (or null for the dataset size)")
         self.replacement, self.samples_per_epoch, self.seed = replacement, samples_per_epoch, seed
+        if cache:
+            train, val, test = (InMemory(d) if d is not None else None for d in (train, val, test))
         self.train_set, self.val_set, self.test_set = train, val, test
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -241,6 +241,8 @@ class VTSPairs(Dataset):
         ValueError: when ``r`` or ``p`` lies outside [0, 1].
     """
 
+    draws_per_epoch = True  # the pairing is redrawn every epoch: never cache samples
+
     def __init__(
         self,
         split: str = "train",

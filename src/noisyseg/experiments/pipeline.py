@@ -3,7 +3,9 @@
 The chain (all paths inside the run's folder)::
 
     <run>/config.yaml                 everything the run runs, resolved (written first)
-    <run>/pretrain/                   trainer.default_root_dir of the pretraining config
+    <run>/pretrain/                   trainer.default_root_dir of the pretraining config; when that
+                                      config has a test set, the pretrained network is also tested
+                                      there (rows with downstream ``pretrained``: no fine-tuning)
     <run>/encoder.safetensors         its model.init_args.encoder_out
     <run>/downstream-<name>/          each downstream's default_root_dir; encoder_path -> the file
                                       above (null for a random-init arm)
@@ -103,13 +105,17 @@ def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict
 
     # -- pretraining ---------------------------------------------------------------------------
     pre_seconds = 0.0
+    scored: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (downstream name, config, its scores)
     pre = resolved["pretrain"]
     if pre is not None:
+        tested = (pre["data"].get("init_args") or {}).get("test") is not None
+        stages = ("fit", "test") if tested else ("fit",)
         stored = _stored(run_dir / "pretrain") if reuse else None
-        if stored is None or not (run_dir / ENCODER_FILE).is_file():
-            res = run_config(pre, stages=("fit",), quiet=quiet)
-            stored = res
+        if stored is None or not (run_dir / ENCODER_FILE).is_file() or (tested and not stored.get("test")):
+            stored = run_config(pre, stages=stages, quiet=quiet)
         pre_seconds = float(sum(stored["seconds"].values()))
+        if tested:
+            scored = [("pretrained", pre, stored)]
 
     # -- downstream ----------------------------------------------------------------------------
     rows: list[dict[str, Any]] = []
@@ -118,7 +124,9 @@ def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict
         stored = _stored(root) if reuse else None
         if stored is None or not stored.get("test"):
             stored = run_config(cfg, stages=("fit", "test"), quiet=quiet)
-        seconds = float(sum(stored["seconds"].values()))
+        scored.append((name, cfg, stored))
+    for name, cfg, stored in scored:
+        seconds = float(sum(stored["seconds"].values())) if name != "pretrained" else 0.0
         decoder, frozen = _decoder(cfg)
         for split in ("val", "test"):
             for metric, value in (stored.get(split) or {}).items():

@@ -6,6 +6,7 @@
 * :func:`heatmap_figure` — mean score over two parameters (r × p), one panel per setting of the
   others; also used for differences (noisy pairs minus mere exposure).
 * :func:`bar_figure` — grouped bars (pretraining method × downstream decoder).
+* :func:`ci_figure` — paired differences with their confidence intervals, zero marked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from noisyseg.checkpoints import atomic_write  # noqa: E402
-from noisyseg.report.tables import Stat, aggregate, label, values_of, write_csv  # noqa: E402
+from noisyseg.report.tables import Paired, Stat, aggregate, label, values_of, write_csv  # noqa: E402
 
 FIXED = {"run", "seed", "split", "metric", "value", "seconds", "pretrain_seconds", "decoder", "frozen"}
 """Columns that are not parameters of a run (``decoder``/``frozen`` follow from ``downstream``)."""
@@ -182,4 +183,21 @@ def bar_figure(cells: dict[tuple[str, str], Stat], title: str, ylabel: str, path
     ax.set_title(title)
     write_csv(path.with_suffix(".csv"), ["group", "bar", "mean", "std", "n"],
               [[g, b, s.mean, s.std, s.n] for (g, b), s in cells.items()])
+    return _save(fig, path)
+
+
+def ci_figure(diffs: dict[str, Paired], xlabel: str, path: Path) -> Path:
+    """One row per arm: mean difference (points) with its CI; blue above zero, red below, grey across."""
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(diffs) + 1.2))
+    for i, d in enumerate(diffs.values()):
+        err = 0.0 if math.isinf(d.half_width) else 100 * d.half_width
+        color = "C0" if d.n > 1 and d.low > 0 else "C3" if d.n > 1 and d.high < 0 else "grey"
+        ax.errorbar(100 * d.mean, i, xerr=err, fmt="o", capsize=4, color=color)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(diffs)), list(diffs), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    write_csv(path.with_suffix(".csv"), ["arm", "mean", "half_width", "n"],
+              [[k, d.mean, d.half_width, d.n] for k, d in diffs.items()])
     return _save(fig, path)

@@ -116,6 +116,55 @@ def is_random(method: Any, rows: list[dict[str, Any]]) -> bool:
     return bool(mine) and all(not r.get("pretrain_seconds") for r in mine)
 
 
+@dataclass
+class Paired:
+    """Mean of paired differences (same seed) with the half-width of its 95 % t-interval."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    def pct(self) -> str:
+        """``+3.2 ± 1.5`` points, or ``+3.2 (one seed)``."""
+        if self.n < 2:
+            return f"{100 * self.mean:+.1f} (one seed)"
+        return f"{100 * self.mean:+.1f} ± {100 * self.half_width:.1f}"
+
+
+def paired(diffs: list[float], confidence: float = 0.95) -> Paired:
+    """Mean of paired differences and the half-width of its two-sided t confidence interval.
+
+    ``t_{(1+c)/2, n-1} * s / sqrt(n)`` with ``s`` the sample std of the differences (infinite
+    for one difference: nothing can be concluded from one seed).
+    """
+    from scipy.stats import t as student_t
+
+    n = len(diffs)
+    if n == 0:
+        raise ValueError("no paired differences")
+    mean = sum(diffs) / n
+    if n < 2:
+        return Paired(mean, math.inf, 1)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    return Paired(mean, float(student_t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n), n)
+
+
+def ci_verdict(d: Paired, expect_greater: bool = True) -> str:
+    """``reproduced`` / ``contradicted`` only when the 95 % CI excludes zero, else ``inconclusive``."""
+    if d.n < 2 or d.low <= 0 <= d.high:
+        return "inconclusive (95 % CI holds zero)" if d.n >= 2 else "inconclusive (one seed)"
+    greater = d.low > 0
+    return "reproduced" if greater == expect_greater else "contradicted"
+
+
 def verdict(a: Stat, b: Stat, expect_greater: bool = True) -> str:
     """Compare ``a`` with ``b`` where the finding expects ``a > b`` (or ``a < b``).
 
