@@ -36,12 +36,19 @@ def crop_params(
 ) -> torch.Tensor:
     """Per-sample affine matrices ``[n, 2, 3]`` of a random resized crop (+ horizontal flip).
 
-    The crop has area ``scale`` x image area and aspect ``ratio`` (log-uniform), clipped to lie
-    inside the image, as torchvision's ``RandomResizedCrop``.
+    The crop has area ``scale`` x image area and pixel aspect ``ratio`` (width / height,
+    log-uniform), clipped to lie inside the image, as torchvision's ``RandomResizedCrop``
+    (``transforms.RandomResizedCrop.get_params``).
+
+    Returns:
+        ``theta [n, 2, 3]`` for :func:`warp`: ``theta[:, 0, 0]`` is the crop's half-width as a
+        fraction of the image's half-width (negative when mirrored), ``theta[:, 1, 1]`` its
+        half-height, ``theta[:, :, 2]`` its centre in ``[-1, 1]``.
     """
     area = _uniform(n, *scale, generator, device)  # fraction of the image area, n
     log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device)
-    r = torch.exp(log_r) * (width / height)
+    # w / h as fractions of the image sides: pixel aspect (w * width) / (h * height) = ratio
+    r = torch.exp(log_r) * (height / width)
     w = torch.sqrt(area * r).clamp(max=1.0)  # crop width as a fraction of the image width
     h = torch.sqrt(area / r).clamp(max=1.0)
     cx = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - w)  # centre in [-1, 1]
@@ -154,20 +161,72 @@ def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float] = (0.1, 2.0), p: f
     return x.index_copy(0, sel, y)
 
 
-class SegmentationAugment:
-    """Training augmentation for supervised segmentation: D4 + mild band jitter.
+SEGMENTATION_PRESETS: tuple[str, ...] = ("none", "hflip", "flips", "d4", "d4_jitter")
+"""Names :class:`SegmentationAugment` accepts, from no augmentation to the default D4 + jitter."""
+
+
+def _random_flips(
+    image: torch.Tensor, *masks: torch.Tensor, vertical: bool, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Horizontal flip (and, if ``vertical``, an independent vertical flip), p 0.5 each, per sample.
 
     Args:
-        jitter: brightness/contrast amplitude (0 disables).
+        image: ``[B, C, H, W]``.
+        masks: any number of ``[B, H, W]`` label maps flipped identically.
+    """
+    b, dev = image.shape[0], image.device
+    hflip = torch.rand(b, generator=generator, device=dev) < 0.5  # B
+    vflip = torch.rand(b, generator=generator, device=dev) < 0.5 if vertical else None  # B
+    res = []
+    for t in (image, *masks):
+        t4 = t if t.ndim == 4 else t[:, None]  # B x C x H x W (masks: C = 1)
+        t4 = torch.where(hflip.view(-1, 1, 1, 1), t4.flip(-1), t4)
+        if vflip is not None:
+            t4 = torch.where(vflip.view(-1, 1, 1, 1), t4.flip(-2), t4)
+        res.append(t4 if t.ndim == 4 else t4[:, 0])
+    return tuple(res)
+
+
+class SegmentationAugment:
+    """Training augmentation for supervised segmentation, chosen by preset name.
+
+    Presets (:data:`SEGMENTATION_PRESETS`):
+
+    * ``"none"`` — identity;
+    * ``"hflip"`` — horizontal flip, p 0.5 per sample;
+    * ``"flips"`` — independent horizontal and vertical flips, p 0.5 each;
+    * ``"d4"`` — :func:`d4`: flip + rotation by a multiple of 90° (flip only for non-square images);
+    * ``"d4_jitter"`` — :func:`d4`, then :func:`band_jitter` with amplitude ``jitter`` and p 0.5.
+
+    Geometry is exact (no resampling) and applied identically to image and mask.
+
+    Args:
+        preset: one of :data:`SEGMENTATION_PRESETS`.
+        jitter: brightness/contrast amplitude of ``"d4_jitter"`` (0 disables; other presets ignore it).
+
+    Raises:
+        ValueError: unknown ``preset`` or negative ``jitter``.
     """
 
-    def __init__(self, jitter: float = 0.1) -> None:
-        self.jitter = jitter
+    def __init__(self, preset: str = "d4_jitter", jitter: float = 0.1) -> None:
+        if preset not in SEGMENTATION_PRESETS:
+            valid = ", ".join(SEGMENTATION_PRESETS)
+            raise ValueError(f"augmentation preset {preset!r} is unknown; valid presets: {valid}")
+        if jitter < 0:
+            raise ValueError(f"jitter={jitter}; use an amplitude >= 0 (0 disables)")
+        self.preset, self.jitter = preset, jitter
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = d4(image, mask)
-        if self.jitter:
-            image = band_jitter(image, self.jitter, self.jitter, p=0.5)
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image [B,C,H,W]``, ``mask [B,H,W]`` -> augmented image and mask, same shapes."""
+        if self.preset == "none":
+            return image, mask
+        if self.preset in ("hflip", "flips"):
+            return _random_flips(image, mask, vertical=self.preset == "flips", generator=generator)
+        image, mask = d4(image, mask, generator=generator)
+        if self.preset == "d4_jitter" and self.jitter:
+            image = band_jitter(image, self.jitter, self.jitter, p=0.5, generator=generator)
         return image, mask
 
 
@@ -194,25 +253,29 @@ class ContrastiveView:
         self.size, self.scale, self.jitter, self.grey_p, self.blur_p = size, tuple(scale), jitter, grey_p, blur_p
 
     def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor | None = None
+        self, image: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``image [B,C,H,W]``, optional ``mask [B,H,W]`` -> augmented view and its labels."""
+        """``image [B,C,H,W]``, optional ``mask [B,H,W]`` -> augmented view and its labels.
+
+        ``generator`` drives every random draw (``None``: torch's global generator).
+        """
         b, _, h, w = image.shape
         size = (self.size or h, self.size or w)
-        theta = crop_params(b, h, w, self.scale, device=image.device)
+        theta = crop_params(b, h, w, self.scale, generator=generator, device=image.device)
         view = warp(image, theta, size)  # B x C x S x S
-        out_mask = warp_mask(mask, theta, size) if mask is not None else None
+        out_mask = warp_mask(mask, theta, size) if mask is not None else None  # same theta: labels stay aligned
         if self.jitter:
-            view = band_jitter(view, self.jitter, self.jitter, p=0.8)
+            view = band_jitter(view, self.jitter, self.jitter, p=0.8, generator=generator)
         if self.grey_p:
-            view = band_mean_grey(view, self.grey_p)
+            view = band_mean_grey(view, self.grey_p, generator=generator)
         if self.blur_p:
-            view = gaussian_blur(view, p=self.blur_p)
+            view = gaussian_blur(view, p=self.blur_p, generator=generator)
         return view, out_mask
 
 
 __all__ = [
     "IGNORE_INDEX",
+    "SEGMENTATION_PRESETS",
     "ContrastiveView",
     "SegmentationAugment",
     "band_jitter",
