@@ -1,21 +1,35 @@
-"""Seeded label-noise functions on masks, reused by every dataset.
+"""Seeded label-noise operations on masks, reused by every dataset.
 
 Each function is pure: ``(mask, ..., rng) -> noisy mask`` on ``int64``/integer ``[H, W]`` numpy
 arrays, never touching :data:`IGNORE_INDEX` pixels. They model the noise that cheap labels carry:
 
-* :func:`flip_objects` — whole cells / objects get the wrong class (OSM tags, product errors);
+* :func:`flip_objects` — whole cells / objects (or fixed blocks) get the wrong class (OSM tags,
+  product errors);
 * :func:`shift_boundaries` — borders eroded or dilated (misregistration, LiDAR footprints);
+* :func:`jitter_objects` — each object dilated or eroded and translated on its own (OpenStreetMap /
+  automatic building footprints);
 * :func:`coarsen` — a 10 m product over 1 m imagery (block-mode downsample, nearest upsample);
 * :func:`merge_classes` — pretraining classes that do not match the downstream ones;
 * :func:`drop_objects` — objects missing from the product (set to background).
 
-:func:`apply_noise` chains them from a :class:`LabelNoise` config and :func:`noise_rate` measures
-the realised pixel noise rate, which is what reports quote.
+A noise model is a list of operations (:class:`NoiseOp` subclasses: :class:`Drop`, :class:`Flip`,
+:class:`Boundary`, :class:`JitterObjects`, :class:`Coarsen`, :class:`Merge`) applied in the order
+given, each to the previous one's output, drawing from one generator in order
+(:func:`apply_noise_ops`). :func:`parse_noise` builds the list from YAML-style specs::
+
+    [{op: coarsen, factor: 16}, {op: flip, rate: 0.2, unit: blocks, block: 16}]
+    [{op: drop, rate: 0.3}, {op: jitter_objects, grow: 2, shift: 3}]
+
+or from the :class:`LabelNoise` fields (``{flip_rate: 0.3, coarse_factor: 8}``), which stand for the
+fixed order drop, flip, boundary shift, coarsen, merge. :func:`noise_rate` measures the realised
+pixel noise rate; :mod:`noisyseg.data.noise_report` the per-class agreement.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -60,6 +74,21 @@ class LabelNoise:
             and not self.merge
             and self.drop_rate == 0
         )
+
+    def ops(self) -> list[NoiseOp]:
+        """The same noise as an operation list: drop, flip, boundary, coarsen, merge (those set)."""
+        out: list[NoiseOp] = []
+        if self.drop_rate:
+            out.append(Drop(self.drop_rate, self.background))
+        if self.flip_rate:
+            out.append(Flip(self.flip_rate))
+        if self.boundary_shift:
+            out.append(Boundary(self.boundary_shift, self.background))
+        if self.coarse_factor > 1:
+            out.append(Coarsen(self.coarse_factor))
+        if self.merge:
+            out.append(Merge(dict(self.merge)))
+        return out
 
 
 def objects(mask: np.ndarray, instances: np.ndarray | None = None) -> np.ndarray:
@@ -189,27 +218,357 @@ def drop_objects(
     return out
 
 
-def apply_noise(
+def block_ids(shape: tuple[int, int], block: int) -> np.ndarray:
+    """Ids ``[H, W]`` of a grid of ``block x block`` squares (edge blocks cut by the image border)."""
+    if block < 1:
+        raise ValueError(f"block size {block} must be >= 1")
+    n_cols = -(-shape[1] // block)  # blocks per row, the last one maybe cut
+    rows, cols = np.arange(shape[0]) // block, np.arange(shape[1]) // block
+    return rows[:, None] * n_cols + cols[None, :]  # [H, W]
+
+
+def jitter_objects(
     mask: np.ndarray,
-    noise: LabelNoise,
+    grow: int,
+    shift: int,
+    rng: np.random.Generator,
+    background: int = 0,
+    instances: np.ndarray | None = None,
+) -> np.ndarray:
+    """Redraw every foreground object dilated or eroded by ``grow`` px and translated up to ``shift`` px.
+
+    The noise of OpenStreetMap and automatic building footprints: outlines a few pixels too large
+    or too small, each offset on its own (the registration noise of Mnih & Hinton 2012, "Learning
+    to label aerial images from noisy data"; their omission noise is :func:`drop_objects`). It
+    follows a plain calibration loop over ``ndimage.label`` components. Per object, in id order:
+    dilate (probability 0.5) or erode by ``grow`` pixels (4-connected, as :func:`shift_boundaries`),
+    then translate by ``(dy, dx)`` drawn uniformly from ``-shift..shift`` each. The output starts as
+    ``background`` and the objects are painted in id order (a later object covers an earlier one
+    where they meet); an object eroded away is lost. Pixels moved past the image border are lost
+    (deviation: the loop's ``np.roll`` wraps them to the opposite side).
+
+    Args:
+        mask: ``[H, W]`` labels.
+        grow: pixels to dilate or erode, >= 0.
+        shift: largest translation per axis in pixels, >= 0.
+        rng: seeded generator; three draws per object (``random``, then ``integers`` for dy, dx).
+        background: the class that is not an object.
+        instances: optional ``[H, W]`` object ids; else connected components per class.
+
+    Returns:
+        ``[H, W]`` labels; ignore pixels of ``mask`` stay ignored.
+
+    Raises:
+        ValueError: a negative ``grow`` or ``shift``.
+    """
+    if grow < 0 or shift < 0:
+        raise ValueError(f"jitter_objects grow={grow} and shift={shift} must be >= 0")
+    obj = objects(mask, instances)
+    fg = (obj > 0) & (mask != background) & (mask != IGNORE_INDEX)
+    fg_obj = np.where(fg, obj, 0)  # [H, W] foreground object ids, 0 elsewhere
+    out = np.where(mask == IGNORE_INDEX, IGNORE_INDEX, background).astype(mask.dtype)
+    h, w = mask.shape
+    struct = ndimage.generate_binary_structure(2, 1)
+    boxes = ndimage.find_objects(fg_obj)
+    for oid in np.unique(fg_obj[fg]):
+        rows, cols = boxes[oid - 1]
+        # the object's box plus `grow` on every side: dilation and erosion there equal the full-image ones
+        r0, r1 = max(rows.start - grow, 0), min(rows.stop + grow, h)
+        c0, c1 = max(cols.start - grow, 0), min(cols.stop + grow, w)
+        sel = fg_obj[r0:r1, c0:c1] == oid  # [h', w']
+        cls = int(np.bincount(mask[r0:r1, c0:c1][sel]).argmax())
+        if rng.random() < 0.5:
+            shape = ndimage.binary_dilation(sel, struct, iterations=grow) if grow else sel
+        else:
+            shape = ndimage.binary_erosion(sel, struct, iterations=grow) if grow else sel
+        dy, dx = int(rng.integers(-shift, shift + 1)), int(rng.integers(-shift, shift + 1))
+        t0, t1 = max(r0 + dy, 0), min(r1 + dy, h)  # target rows / columns, clipped (no np.roll wrap)
+        u0, u1 = max(c0 + dx, 0), min(c1 + dx, w)
+        if t0 >= t1 or u0 >= u1:
+            continue
+        piece = shape[t0 - r0 - dy:t1 - r0 - dy, u0 - c0 - dx:u1 - c0 - dx]
+        target = out[t0:t1, u0:u1]  # a view into out
+        target[piece & (target != IGNORE_INDEX)] = cls
+    return out
+
+
+# -------------------------------------------------------------------------------- operation lists
+class NoiseOp:
+    """One step of a noise list: ``op(mask, num_classes, rng, instances) -> noisy mask``.
+
+    Subclasses are frozen dataclasses whose fields are the YAML keys; ``op`` is the YAML name.
+    ``uses_objects``: the step acts on objects, so caller-given instances apply to it;
+    :meth:`keeps_objects`: after the step the instances still tile the mask (no boundary moved).
+    """
+
+    op: ClassVar[str]
+    uses_objects: ClassVar[bool] = False
+
+    def keeps_objects(self) -> bool:
+        return True
+
+    def __call__(self, mask: np.ndarray, num_classes: int, rng: np.random.Generator,
+                 instances: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form, ``{op: name, field: value, ...}``."""
+        return {"op": self.op, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+
+
+def _check_rate(op: str, rate: float) -> None:
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise op {op!r}: rate={rate} is outside [0, 1]")
+
+
+def _check_int(op: str, name: str, value: Any, low: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (low is not None and value < low):
+        want = "an integer" if low is None else f"an integer >= {low}"
+        raise ValueError(f"noise op {op!r}: {name}={value!r} must be {want}")
+
+
+@dataclass(frozen=True)
+class Drop(NoiseOp):
+    """Remove a fraction of the foreground objects (:func:`drop_objects`)."""
+
+    rate: float  # fraction of foreground objects set to background, in [0, 1]
+    background: int = 0  # the class dropped objects become
+    op: ClassVar[str] = "drop"
+    uses_objects: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_rate(self.op, self.rate)
+
+    def __call__(self, mask, num_classes, rng, instances=None):
+        return drop_objects(mask, self.rate, rng, self.background, instances)
+
+
+@dataclass(frozen=True)
+class Flip(NoiseOp):
+    """Give a fraction of the objects or of the ``block x block`` squares another class (:func:`flip_objects`)."""
+
+    rate: float  # fraction of units flipped, in [0, 1]; round(rate * n_units) of them
+    unit: str = "objects"  # "objects": objects of the current mask (or instances); "blocks": a fixed grid
+    block: int | None = None  # side of the grid squares, needed with unit "blocks"
+    op: ClassVar[str] = "flip"
+    uses_objects: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_rate(self.op, self.rate)
+        if self.unit not in ("objects", "blocks"):
+            raise ValueError(f"noise op 'flip': unit={self.unit!r}; valid: 'objects', 'blocks'")
+        if self.unit == "blocks":
+            _check_int(self.op, "block", self.block, 1)
+        elif self.block is not None:
+            raise ValueError(f"noise op 'flip': block={self.block} is only used with unit: blocks")
+
+    def keeps_objects(self) -> bool:
+        return self.unit == "objects"
+
+    def __call__(self, mask, num_classes, rng, instances=None):
+        if self.unit == "blocks":
+            instances = block_ids(mask.shape, self.block)  # type: ignore[arg-type]
+        return flip_objects(mask, self.rate, num_classes, rng, instances)
+
+
+@dataclass(frozen=True)
+class Boundary(NoiseOp):
+    """Erode (< 0) or dilate (> 0) every foreground class by ``pixels`` (:func:`shift_boundaries`)."""
+
+    pixels: int  # signed border shift in pixels
+    background: int = 0  # the class grown over / given back
+    op: ClassVar[str] = "boundary"
+
+    def __post_init__(self) -> None:
+        _check_int(self.op, "pixels", self.pixels, None)
+
+    def keeps_objects(self) -> bool:
+        return self.pixels == 0
+
+    def __call__(self, mask, num_classes, rng, instances=None):
+        return shift_boundaries(mask, self.pixels, self.background)
+
+
+@dataclass(frozen=True)
+class JitterObjects(NoiseOp):
+    """Dilate or erode each object by ``grow`` px, translate it up to ``shift`` px (:func:`jitter_objects`)."""
+
+    grow: int = 0  # pixels each object is dilated or eroded by (probability 0.5 each)
+    shift: int = 0  # largest translation per axis in pixels
+    background: int = 0  # the class that is not an object
+    op: ClassVar[str] = "jitter_objects"
+    uses_objects: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_int(self.op, "grow", self.grow, 0)
+        _check_int(self.op, "shift", self.shift, 0)
+
+    def keeps_objects(self) -> bool:
+        return self.grow == 0 and self.shift == 0
+
+    def __call__(self, mask, num_classes, rng, instances=None):
+        return jitter_objects(mask, self.grow, self.shift, rng, self.background, instances)
+
+
+@dataclass(frozen=True)
+class Coarsen(NoiseOp):
+    """Block-mode downsample by ``factor`` and upsample back (:func:`coarsen`)."""
+
+    factor: int  # block side of the coarse product, >= 1
+    op: ClassVar[str] = "coarsen"
+
+    def __post_init__(self) -> None:
+        _check_int(self.op, "factor", self.factor, 1)
+
+    def keeps_objects(self) -> bool:
+        return self.factor == 1
+
+    def __call__(self, mask, num_classes, rng, instances=None):
+        return coarsen(mask, self.factor)
+
+
+@dataclass(frozen=True)
+class Merge(NoiseOp):
+    """Relabel classes with ``mapping`` (source -> target) (:func:`merge_classes`)."""
+
+    mapping: dict[int, int]  # YAML keys may be strings; stored as ints
+    op: ClassVar[str] = "merge"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mapping, dict):
+            raise ValueError(f"noise op 'merge': mapping={self.mapping!r} must be a class -> class mapping")
+        try:
+            object.__setattr__(self, "mapping", {int(k): int(v) for k, v in self.mapping.items()})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"noise op 'merge': mapping={self.mapping!r} must map integers to integers") from err
+
+    def __call__(self, mask, num_classes, rng, instances=None):
+        return merge_classes(mask, self.mapping)
+
+
+OPS: dict[str, type[NoiseOp]] = {c.op: c for c in (Drop, Flip, Boundary, JitterObjects, Coarsen, Merge)}
+"""YAML ``op`` name -> operation class."""
+
+
+def parse_op(entry: NoiseOp | dict[str, Any], position: int = 0) -> NoiseOp:
+    """One operation from ``{op: name, field: value, ...}`` (or an operation, returned as is).
+
+    Raises:
+        ValueError: not a mapping, no or an unknown ``op``, an unknown or missing field, a bad value;
+            the message names the entry and lists what is valid.
+    """
+    if isinstance(entry, NoiseOp):
+        return entry
+    if not isinstance(entry, dict) or "op" not in entry:
+        raise ValueError(f"noise entry {position} {entry!r} must be a mapping with an 'op' key; "
+                         f"valid ops: {sorted(OPS)}")
+    name = entry["op"]
+    if name not in OPS:
+        raise ValueError(f"noise entry {position}: unknown op {name!r}; valid ops: {sorted(OPS)}")
+    cls = OPS[name]
+    valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    kwargs = {k: v for k, v in entry.items() if k != "op"}
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"noise entry {position} (op {name!r}): unknown field(s) {unknown}; valid: {valid}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field missing
+        raise ValueError(f"noise entry {position} (op {name!r}): {err}; fields: {valid}") from err
+
+
+def legacy_noise(cfg: dict[str, Any]) -> LabelNoise:
+    """:class:`LabelNoise` from its field dict (YAML ``merge`` keys may be strings).
+
+    Raises:
+        ValueError: an unknown field (lists the valid ones) or a bad value.
+    """
+    valid = {f.name for f in fields(LabelNoise)}
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise ValueError(f"unknown noise field(s) {unknown}; valid: {sorted(valid)}, "
+                         f"or a list of ops {{op: ...}} with op one of {sorted(OPS)}")
+    cfg = dict(cfg)
+    if "merge" in cfg:
+        cfg["merge"] = {int(k): int(v) for k, v in (cfg["merge"] or {}).items()}
+    return LabelNoise(**cfg)
+
+
+NoiseSpec = LabelNoise | dict[str, Any] | Sequence[NoiseOp | dict[str, Any]] | None
+"""What :func:`parse_noise` takes."""
+
+
+def parse_noise(spec: NoiseSpec) -> list[NoiseOp]:
+    """The operation list a noise spec stands for.
+
+    Args:
+        spec: ``None`` (no noise); a :class:`LabelNoise` or its field dict (``{flip_rate: 0.2}``:
+            the fixed order drop, flip, boundary, coarsen, merge); one op dict (``{op: coarsen,
+            factor: 8}``); or a list of op dicts / :class:`NoiseOp` applied in the order given.
+
+    Raises:
+        ValueError: an unknown field or op (listing the valid ones), or a bad value.
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, LabelNoise):
+        return spec.ops()
+    if isinstance(spec, NoiseOp):
+        return [spec]
+    if isinstance(spec, dict):
+        return [parse_op(spec)] if "op" in spec else legacy_noise(spec).ops()
+    if isinstance(spec, (list, tuple)):
+        return [parse_op(e, i) for i, e in enumerate(spec)]
+    raise ValueError(f"noise spec {spec!r} must be a mapping of LabelNoise fields or a list of ops")
+
+
+def apply_noise_ops(
+    mask: np.ndarray,
+    ops: NoiseSpec,
     num_classes: int,
     rng: np.random.Generator,
     instances: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Apply ``noise`` in a fixed order: drop, flip, boundary shift, coarsen, merge."""
-    out = np.asarray(mask).astype(np.int64, copy=True)
-    if noise.drop_rate:
-        out = drop_objects(out, noise.drop_rate, rng, noise.background, instances)
-    if noise.flip_rate:
-        out = flip_objects(out, noise.flip_rate, num_classes, rng, instances)
-    if noise.boundary_shift:
-        out = shift_boundaries(out, noise.boundary_shift, noise.background)
-    if noise.coarse_factor > 1:
-        out = coarsen(out, noise.coarse_factor)
-    if noise.merge:
-        out = merge_classes(out, noise.merge)
-    out[np.asarray(mask) == IGNORE_INDEX] = IGNORE_INDEX
+    """Apply operations in order, each to the previous one's output, all drawing from ``rng`` in turn.
+
+    Objects are those of the current mask (connected components per class), except that caller-given
+    ``instances`` (e.g. Voronoi cells) serve the object-level ops (drop, flip of objects,
+    jitter_objects) for as long as they still tile the mask: from the first op up to the first one
+    that moves a boundary (boundary, jitter_objects, coarsen, flip of blocks).
+
+    Args:
+        mask: ``[H, W]`` clean labels.
+        ops: operations, or any spec :func:`parse_noise` takes.
+        num_classes: classes that flips draw from.
+        rng: seeded generator.
+        instances: optional ``[H, W]`` object ids of ``mask``.
+
+    Returns:
+        ``[H, W]`` int64 noisy labels, :data:`IGNORE_INDEX` exactly where ``mask`` has it (and
+        where a merge maps a class to it).
+    """
+    clean = np.asarray(mask)
+    out = clean.astype(np.int64, copy=True)
+    for op in parse_noise(ops):
+        out = op(out, num_classes, rng, instances if op.uses_objects else None)
+        if not op.keeps_objects():
+            instances = None  # the boundaries moved: objects come from the mask from here on
+    out[clean == IGNORE_INDEX] = IGNORE_INDEX
     return out
+
+
+def apply_noise(
+    mask: np.ndarray,
+    noise: NoiseSpec,
+    num_classes: int,
+    rng: np.random.Generator,
+    instances: np.ndarray | None = None,
+) -> np.ndarray:
+    """Apply ``noise``: a :class:`LabelNoise` (drop, flip, boundary, coarsen, merge) or an op list.
+
+    The same as :func:`apply_noise_ops`; this name is what the datasets call.
+    """
+    return apply_noise_ops(mask, noise, num_classes, rng, instances)
 
 
 def noise_rate(noisy: np.ndarray, clean: np.ndarray) -> float:

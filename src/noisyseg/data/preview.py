@@ -9,7 +9,9 @@ Classes are imported from their dotted ``class_path`` and called with their (rec
 instantiated) ``init_args``, the same objects LightningCLI would build.
 
 Writes ``summary.json`` / ``summary.md`` (per split: samples, sources, class frequencies,
-noisy-pair count, band statistics, the dataset's own ``stats`` and ``normalization``), PNG previews
+noisy-pair count, band statistics, the dataset's own ``stats`` and ``normalization``, and for
+datasets with ``mask`` and ``clean_mask`` the realised label noise of
+:mod:`noisyseg.data.noise_report`, also printed), PNG previews
 (RGB from the first three bands with a per-band 2-98 % stretch, mask overlay, pairs side by side)
 and, with ``--write-masks``, every mask as a PNG named after its source.
 """
@@ -30,7 +32,8 @@ from tqdm import tqdm
 
 from noisyseg import config
 from noisyseg.checkpoints import atomic_write
-from noisyseg.data.sample import CHANGE_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
+from noisyseg.data.noise_report import AgreementCounter, format_agreement
+from noisyseg.data.sample import CHANGE_MASK, CLEAN_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
 
 MASK_KEYS = (MASK, MASK2, CHANGE_MASK)
 
@@ -133,6 +136,7 @@ def summarise(name: str, ds: Any, out: Path, max_previews: int, max_samples: int
     sources, noisy, pairs = set(), 0, 0
     band_sum = band_sq = band_min = band_max = None
     pixels = 0
+    agreement = AgreementCounter()  # noisy mask vs clean_mask, for datasets with both
     for i in tqdm(range(n), desc=f"preview {name}", unit="sample", file=sys.stderr):
         s = ds[i]
         x = s[IMAGE].numpy().reshape(s[IMAGE].shape[0], -1).astype(np.float64)  # [C, H*W]
@@ -148,6 +152,8 @@ def summarise(name: str, ds: Any, out: Path, max_previews: int, max_samples: int
             if k in s:
                 vals, cnt = np.unique(s[k].numpy(), return_counts=True)
                 freqs[k].update(dict(zip(vals.tolist(), cnt.tolist())))
+        if MASK in s and CLEAN_MASK in s:
+            agreement.update(s[MASK].numpy(), s[CLEAN_MASK].numpy())
         if NOISY_PAIR in s:
             pairs += 1
             noisy += int(bool(s[NOISY_PAIR]))
@@ -170,6 +176,8 @@ def summarise(name: str, ds: Any, out: Path, max_previews: int, max_samples: int
             summary[f"{k}_class_frequency"] = {str(c): v / total for c, v in sorted(freqs[k].items())}
     if pairs:
         summary["noisy_pairs"], summary["pairs"] = noisy, pairs
+    if agreement.samples:
+        summary["label_agreement"] = agreement.result()
     if pixels:
         mean = band_sum / pixels
         summary["bands"] = {"mean": mean.tolist(), "std": np.sqrt(np.maximum(band_sq / pixels - mean**2, 0)).tolist(),
@@ -202,6 +210,15 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _no_nan(v: Any) -> Any:
+    """``v`` with NaN floats (undefined scores) as ``None``, so the JSON is standard."""
+    if isinstance(v, dict):
+        return {k: _no_nan(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_no_nan(x) for x in v]
+    return None if isinstance(v, float) and v != v else v
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the preview; returns 0, or 2 with a one-line message on bad input."""
     p = argparse.ArgumentParser(prog="noisyseg data preview", description=__doc__.split("\n")[0])
@@ -226,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # dataset input errors
         print(f"noisyseg data preview: error: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    text_json, text_md = json.dumps(summary, indent=1), to_markdown(summary)
+    for name, s in summary["splits"].items():
+        if "label_agreement" in s:
+            print(f"{name}: {format_agreement(s['label_agreement'])}")
+    text_json, text_md = json.dumps(_no_nan(summary), indent=1), to_markdown(summary)
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text_json))
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(text_md))
     print(f"wrote {out / 'summary.json'}, {out / 'summary.md'}")
