@@ -5,6 +5,7 @@ from noisyseg.data.label_noise import LabelNoise, apply_noise, noise_rate
 from noisyseg.data.sample import IGNORE_INDEX, collate, make_sample
 from noisyseg.data.product_noise import NoisyLabels
 from noisyseg.data.raster import RasterSegmentation
+from noisyseg.data.splits import ConcatSources, TileSplit
 from noisyseg.data.temporal import BitemporalPairs, LandsatChange, TemporalStacks
 from noisyseg.data.vts import VTSPairs, VTSSegmentation
 from noisyseg.data.xbd import XBDPairs, XBDSegmentation
@@ -12,12 +13,14 @@ from noisyseg.data.xbd import XBDPairs, XBDSegmentation
 __all__ = [
     "IGNORE_INDEX",
     "BitemporalPairs",
+    "ConcatSources",
     "DataModule",
     "LabelNoise",
     "LandsatChange",
     "NoisyLabels",
     "RasterSegmentation",
     "TemporalStacks",
+    "TileSplit",
     "VTSPairs",
     "VTSSegmentation",
     "XBDPairs",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
@@ -65,6 +67,65 @@ def patch_starts(length: int, patch: int, overlap: int = 0) -> list[int]:
     return starts
 
 
+def check_resample(resample: float) -> float:
+    """``resample`` as a float, validated: finite and > 0.
+
+    Raises:
+        ValueError: not a finite number > 0 (names the value).
+    """
+    try:
+        r = float(resample)
+    except (TypeError, ValueError):
+        r = math.nan
+    if isinstance(resample, bool) or not math.isfinite(r) or r <= 0:
+        raise ValueError(f"resample={resample!r} must be a finite number > 0 (1: native resolution, "
+                         f"0.5: half the pixels per side, 2: twice)")
+    return r
+
+
+def scaled_size(height: int, width: int, resample: float) -> tuple[int, int]:
+    """Output ``(height, width)`` of a raster read at ``resample`` x its resolution.
+
+    Each side is ``side * resample`` rounded half up, at least 1: 1024 at 0.5 -> 512, 439 at 0.5
+    -> 220. The output grid covers the whole raster, so an output pixel spans
+    ``height / out_height`` x ``width / out_width`` native pixels (2 x 2 at 0.5 for even sides).
+    """
+    if resample == 1:
+        return int(height), int(width)
+    return max(1, math.floor(height * resample + 0.5)), max(1, math.floor(width * resample + 0.5))
+
+
+def native_window(window: Window, native: tuple[int, int], out: tuple[int, int]) -> Window:
+    """The native-pixel window (fractional offsets allowed) that an output-pixel ``window`` covers.
+
+    Args:
+        window: a window in output pixels of a raster read at size ``out``.
+        native: the raster's ``(height, width)`` in its own pixels.
+        out: its ``(height, width)`` after resampling (:func:`scaled_size`).
+    """
+    sy, sx = native[0] / out[0], native[1] / out[1]  # native pixels per output pixel
+    return Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
+
+
+def image_resampling(resample: float) -> Resampling:
+    """How imagery is resampled: area ``average`` to shrink, ``bilinear`` to enlarge.
+
+    ``average`` gives each output pixel the mean of the native pixels its footprint covers (what
+    a coarser sensor records; no aliasing, band means kept, GDAL leaves the file's no-data pixels
+    out of the mean). Enlarging, ``average`` would copy blocks like nearest, so bilinear is used.
+    GDAL rounds the result to the file's data type (integer imagery: to the nearest count).
+    Masks always use ``nearest`` (:data:`MASK_RESAMPLING`).
+    """
+    return Resampling.average if resample < 1 else Resampling.bilinear
+
+
+MASK_RESAMPLING = Resampling.nearest
+"""Masks are resampled by nearest neighbour: every output pixel takes one native label, so class ids
+and ignore / unlabelled values stay exact, and each class keeps its pixel share in expectation.
+(A majority vote -- GDAL ``mode`` -- erodes minority classes such as small or thin buildings and
+breaks 2 x 2 ties by GDAL's internal order.)"""
+
+
 def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
     """Open a raster with rasterio, naming the file when GDAL cannot read it.
 
@@ -99,15 +160,26 @@ def read_window(
 
 def read_sources(
     srcs: list[rasterio.DatasetReader], paths: list[str], window: Window | None,
-    indexes: list[int] | None = None,
+    indexes: list[int] | None = None, out_shape: tuple[int, int] | None = None,
+    resampling: Resampling = Resampling.nearest,
 ) -> np.ndarray:
-    """:func:`read_window` from rasters already open (``paths`` name them in errors)."""
+    """:func:`read_window` from rasters already open (``paths`` name them in errors).
+
+    With ``out_shape`` ``(h, w)``, ``window`` (native pixels, fractional offsets allowed) is read
+    resampled to ``h x w`` by GDAL with ``resampling``.
+    """
     arrays = []
     for src, p in zip(srcs, paths):
+        bands = indexes if len(paths) == 1 else 1
+        kwargs: dict[str, Any] = {}
+        if out_shape is not None:
+            count = (len(bands) if isinstance(bands, (list, tuple)) else src.count) if len(paths) == 1 else None
+            kwargs = {"out_shape": tuple(out_shape) if count is None else (count, *out_shape),
+                      "resampling": resampling}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             try:
-                arr = src.read(indexes if len(paths) == 1 else 1, window=window)
+                arr = src.read(bands, window=window, **kwargs)
             except (RasterioIOError, IndexError) as err:
                 raise OSError(f"cannot read bands {indexes} of raster file {p}: {err}") from err
         arrays.append(arr if arr.ndim == 3 else arr[None])
@@ -188,7 +260,7 @@ def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
 
 def band_statistics(
     images: Sequence[list[str]], nodata: Sequence[float | None] | None,
-    indexes: list[int] | None = None, rows_per_read: int = 256,
+    indexes: list[int] | None = None, rows_per_read: int = 256, resample: float = 1.0,
 ) -> dict[str, Any]:
     """Per-band mean/std over all valid pixels, streamed in row strips (bounded memory).
 
@@ -197,7 +269,10 @@ def band_statistics(
         nodata: per image, its no-data value (``None`` = none); ``None`` instead of a list takes
             each file's own no-data value.
         indexes: 1-based bands of multi-band files.
-        rows_per_read: rows per windowed read.
+        rows_per_read: rows per windowed read (output rows when resampled).
+        resample: read every image at this factor of its resolution, as the dataset reads its
+            samples (:func:`image_resampling`), so the statistics are those of the pixels the
+            network sees (averaging 2 x 2 blocks lowers a band's std).
 
     Returns:
         ``{"mean": [...], "std": [...], "count": valid pixels, "empty": [image indices whose
@@ -213,9 +288,14 @@ def band_statistics(
             _, h, w, _, own = sources_shape(srcs, paths)
             nd = own if nodata is None else nodata[i]
             nonzero = False
-            for row in range(0, h, rows_per_read):
-                win = Window(0, row, w, min(rows_per_read, h - row))
-                x = read_sources(srcs, paths, win, indexes)  # [C, r, w]
+            oh, ow = scaled_size(h, w, resample)
+            for row in range(0, oh, rows_per_read):
+                win = Window(0, row, ow, min(rows_per_read, oh - row))  # output pixels
+                if resample == 1:
+                    x = read_sources(srcs, paths, win, indexes)  # [C, r, w]
+                else:
+                    x = read_sources(srcs, paths, native_window(win, (h, w), (oh, ow)), indexes,
+                                     out_shape=(int(win.height), ow), resampling=image_resampling(resample))
                 ok = valid_pixels(x, nd)  # [r, w]
                 v = x[:, ok].astype(np.float64)  # [C, n valid]
                 if total is None:
@@ -338,6 +418,17 @@ class RasterSegmentation(Dataset):
             :class:`~noisyseg.data.index.TileIndex` on the first run (one directory walk) and read
             back while no folder under ``root`` changed (0.06 s for 100,000 pairs). ``images`` and
             ``masks`` must then be patterns; not with ``bands``.
+        resample: read every raster at this factor of its native resolution (0.5: half the pixels
+            per side; each side rounded half up, :func:`scaled_size`) with GDAL windowed reads:
+            imagery by area ``average`` when shrinking and ``bilinear`` when enlarging
+            (:func:`image_resampling`), masks by ``nearest`` (:data:`MASK_RESAMPLING`: class ids
+            and ignore values stay exact). ``patch_size`` and ``overlap`` count output pixels (a
+            1024 px tile at 0.5 with ``patch_size`` 128 gives 16 patches), and so do ``sizes``,
+            ``windows`` and ``meta["window"]``; ``meta["native_window"]`` is the region of the
+            file read. Statistics and the empty-patch scan read the resampled pixels too. An
+            output pixel is no-data only when its whole footprint is: GDAL averages the valid
+            pixels of a partly no-data footprint when the file declares its no-data value, while
+            a ``nodata`` override the file does not declare is averaged in with them.
 
     Raises:
         FileNotFoundError: a glob matches nothing, or an image has no mask (named).
@@ -378,7 +469,9 @@ class RasterSegmentation(Dataset):
         size_mismatch: str = "error",
         validate: bool | None = None,
         manifest: str | None = None,
+        resample: float = 1.0,
     ) -> None:
+        self.resample = check_resample(resample)
         if size_mismatch not in ("error", "crop"):
             raise ValueError(f"size_mismatch={size_mismatch!r}; valid: 'error', 'crop'")
         if (mean is None) != (std is None):
@@ -498,7 +591,8 @@ class RasterSegmentation(Dataset):
             if mask is not None:
                 _, mh, mw, _, _ = raster_shape([mask])
                 h, w = self._common_size(paths[0], (h, w), mask, (mh, mw))
-            self._sizes[i] = (h, w)
+            self._sizes[i] = (h, w)  # native pixels; windows are cut in output pixels
+            h, w = scaled_size(h, w, self.resample)
             if self.patch_size is None:
                 windows.append((i, 0, 0, h, w))
             else:
@@ -539,7 +633,7 @@ class RasterSegmentation(Dataset):
         if need_stats and "mean" not in out:
             nodata = self.nodata if not self.lazy else (
                 None if self.nodata_override is None else [self.nodata_override] * len(self.images))
-            stats = band_statistics(self.images, nodata, self.band_indexes)
+            stats = band_statistics(self.images, nodata, self.band_indexes, resample=self.resample)
             out.update(mean=stats["mean"], std=stats["std"], count=stats["count"])
             changed = True
         if need_empty and "empty_windows" not in out:
@@ -552,7 +646,7 @@ class RasterSegmentation(Dataset):
     def _empty_windows(self) -> list[int]:
         empty = []
         for k in range(len(self._windows)):
-            raw, nd, _, _ = self._read(k, with_mask=False)  # [C, h, w], one patch in memory
+            raw, nd, *_ = self._read(k, with_mask=False)  # [C, h, w], one patch in memory
             if not np.any(raw[:, valid_pixels(raw, nd)] != 0):
                 empty.append(k)
         return empty
@@ -560,7 +654,8 @@ class RasterSegmentation(Dataset):
     def _fingerprint(self) -> str:
         """Hash of the options and the files; lazily indexed, without a ``stat`` per file."""
         h = hashlib.sha1(repr((self.patch_size, self.overlap, self.band_indexes, self._bands,
-                               self.nodata if not self.lazy else ("lazy", self.nodata_override))).encode())
+                               self.nodata if not self.lazy else ("lazy", self.nodata_override),
+                               self.resample)).encode())
         h.update(self._image_paths.tobytes())
         if self._mask_paths is not None:
             h.update(self._mask_paths.tobytes())
@@ -587,14 +682,33 @@ class RasterSegmentation(Dataset):
 
     @property
     def sizes(self) -> list[tuple[int, int] | None]:
-        """Per image, its ``(height, width)`` after cropping to the mask (``None`` when lazy)."""
-        return [None if h < 0 else (int(h), int(w)) for h, w in self._sizes]
+        """Per image, its ``(height, width)`` in output pixels (after cropping to the mask and
+        resampling; ``None`` when lazy)."""
+        return [None if h < 0 else scaled_size(int(h), int(w), self.resample) for h, w in self._sizes]
+
+    def _source(self, i: int) -> str:
+        """``meta["source"]`` of image ``i``: its file, or its chip folder with ``bands``."""
+        paths = self.images[i]
+        return paths[0] if len(paths) == 1 else str(Path(paths[0]).parent)
+
+    def sources(self) -> list[str]:
+        """Per sample, the tile it was cut from (``meta["source"]``), without reading pixels."""
+        per_image: dict[int, str] = {}
+        out = []
+        for i in self._windows[:, 0].tolist():
+            if i not in per_image:
+                per_image[i] = self._source(i)
+            out.append(per_image[i])
+        return out
 
     def __len__(self) -> int:
         return len(self._windows)
 
-    def _read(self, index: int, with_mask: bool = True) -> tuple[np.ndarray, float | None, np.ndarray | None, Window]:
-        """Raw image ``[C, h, w]``, its no-data value, raw mask ``[h, w]`` and the window of sample ``index``.
+    def _read(
+        self, index: int, with_mask: bool = True
+    ) -> tuple[np.ndarray, float | None, np.ndarray | None, Window, Window]:
+        """Raw image ``[C, h, w]``, its no-data value, raw mask ``[h, w]``, the window of sample
+        ``index`` (output pixels) and the native window read for it.
 
         Each file is opened once; lazily indexed, the checks ``__init__`` skipped happen here.
         """
@@ -604,22 +718,30 @@ class RasterSegmentation(Dataset):
             srcs = [stack.enter_context(open_raster(p)) for p in paths]
             msrc = stack.enter_context(open_raster(mask)) if mask is not None else None
             if h < 0:  # lazy: the metadata comes with the read
-                _, h, w, dtype, nd = sources_shape(srcs, paths)
+                _, nh, nw, dtype, nd = sources_shape(srcs, paths)
                 _check_real(paths[0], dtype)
                 if msrc is not None:
-                    h, w = self._common_size(paths[0], (h, w), mask, (msrc.height, msrc.width))
+                    nh, nw = self._common_size(paths[0], (nh, nw), mask, (msrc.height, msrc.width))
+                h, w = scaled_size(nh, nw, self.resample)
                 nd = nd if self.nodata_override is None else self.nodata_override
             else:
+                nh, nw = (int(v) for v in self._sizes[i])
                 nd = self.nodata[i]
-            win = Window(c, r, w, h)
-            raw = read_sources(srcs, paths, win, self.band_indexes)  # [C, h, w]
-            raw_mask = read_sources([msrc], [mask], win)[0] if msrc is not None and with_mask else None
-        return raw, nd, raw_mask, win
+            win = Window(c, r, w, h)  # output pixels
+            if self.resample == 1:
+                src_win, shape = win, None
+            else:  # the native region under the output window, read resampled to h x w
+                src_win, shape = native_window(win, (nh, nw), scaled_size(nh, nw, self.resample)), (h, w)
+            raw = read_sources(srcs, paths, src_win, self.band_indexes, shape,
+                               image_resampling(self.resample))  # [C, h, w]
+            raw_mask = (read_sources([msrc], [mask], src_win, None, shape, MASK_RESAMPLING)[0]
+                        if msrc is not None and with_mask else None)  # [h, w]
+        return raw, nd, raw_mask, win, src_win
 
     def __getitem__(self, index: int) -> Sample:
         """Patch ``index``: image ``[C, P, P]`` (normalised, no-data 0), mask ``[P, P]``."""
         i = int(self._windows[index, 0])
-        raw, nd, raw_mask, win = self._read(index)
+        raw, nd, raw_mask, win, src_win = self._read(index)
         valid = valid_pixels(raw, nd)  # [h, w]
         image = raw.astype(np.float32)
         if self.normalization is not None:
@@ -648,11 +770,13 @@ class RasterSegmentation(Dataset):
                 raise ValueError(f"mask {mask_path}: {err}") from err
             mask[~valid] = IGNORE_INDEX
         image, mask = self._pad(image, mask)
-        paths = self.images[i]
         meta = {
-            "source": paths[0] if len(paths) == 1 else str(Path(paths[0]).parent),
+            "source": self._source(i),
             "mask_source": mask_path,
-            "window": [int(win.row_off), int(win.col_off), int(win.height), int(win.width)],
+            "window": [int(win.row_off), int(win.col_off), int(win.height), int(win.width)],  # output px
+            "native_window": [float(src_win.row_off), float(src_win.col_off), float(src_win.height),
+                              float(src_win.width)],
+            "resample": self.resample,
         }
         try:
             return make_sample(image, mask, meta=meta)

@@ -11,7 +11,9 @@ centres inside the polygon; features burnt in JSON order, later ones win where t
 * post: 0 background, 1 no-damage, 2 minor-damage, 3 major-damage, 4 destroyed,
   ``un-classified`` -> IGNORE_INDEX.
 
-Every 1024x1024 image is cut into non-overlapping ``tile_size`` tiles (four 512x512 by default).
+Every 1024x1024 image is cut into non-overlapping ``tile_size`` tiles (four 512x512 by default),
+optionally after resampling it (``resample``: images by PIL box / bilinear, masks rasterised from
+the polygons directly on the output grid).
 Label JSONs are parsed once in ``__init__`` (JSON only, no imagery) so bad files fail or are
 skipped up front and ``stats`` holds polygon counts. The xView2 score lives in
 :mod:`noisyseg.metrics.xview2`.
@@ -31,7 +33,7 @@ from PIL import Image
 from rasterio.features import rasterize
 from torch.utils.data import Dataset
 
-from noisyseg.data.raster import patch_starts, write_json_atomic
+from noisyseg.data.raster import check_resample, patch_starts, scaled_size, write_json_atomic
 from noisyseg.data.sample import IGNORE_INDEX, MASK, Sample, make_sample
 from noisyseg.data.temporal import undersample_pairs
 
@@ -119,15 +121,36 @@ def load_label(path: Path, post: bool, skip_malformed: bool, stats: dict[str, in
     return {"size": size, "shapes": shapes}
 
 
-def burn(label: dict[str, Any]) -> np.ndarray:
-    """Rasterise parsed shapes into a uint8 ``[H, W]`` mask (pixel coordinates, identity transform)."""
+def burn(label: dict[str, Any], out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Rasterise parsed shapes into a uint8 ``[H', W']`` mask.
+
+    Args:
+        label: from :func:`load_label`; polygons in native pixel coordinates.
+        out_size: ``(H', W')`` of the output grid (default the label's own size). The grid spans
+            the whole image, so output pixel ``(r, c)`` covers native ``[c * W / W', (c + 1) * W / W']``
+            and is burnt when its centre lies inside a polygon: the polygons are rasterised exactly
+            at the output resolution, not resampled from a native-size mask.
+    """
     h, w = label["size"]
+    oh, ow = out_size or (h, w)
     if not label["shapes"]:
-        return np.zeros((h, w), np.uint8)
+        return np.zeros((oh, ow), np.uint8)
     return rasterize(
-        [(g, v) for g, v, _ in label["shapes"]], out_shape=(h, w), fill=0,
-        transform=Affine.identity(), dtype="uint8",
+        [(g, v) for g, v, _ in label["shapes"]], out_shape=(oh, ow), fill=0,
+        transform=Affine.scale(w / ow, h / oh), dtype="uint8",  # output pixel -> native pixel coords
     )
+
+
+def resize_image(image: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """``[C, H, W]`` -> float32 ``[C, H', W']``: PIL ``BOX`` (area mean) to shrink, ``BILINEAR`` to enlarge.
+
+    Each band is resized as a float image, so averages are not rounded to integers; the output grid
+    spans the whole image, aligned with :func:`burn`'s.
+    """
+    oh, ow = out_size
+    method = Image.Resampling.BOX if oh * ow < image.shape[1] * image.shape[2] else Image.Resampling.BILINEAR
+    bands = [np.asarray(Image.fromarray(b.astype(np.float32)).resize((ow, oh), method)) for b in image]
+    return np.stack(bands)  # [C, H', W']
 
 
 # -------------------------------------------------------------------------------------- split file
@@ -194,7 +217,8 @@ class XBDSegmentation(Dataset):
         root: xBD root holding the split folders.
         splits: split folders to read (``train``, ``tier3``, ``hold``, ``test``).
         phase: ``"pre"`` (1 building) or ``"post"`` (damage classes 1..4).
-        tile_size: side of the square tiles cut from each image (0: whole image).
+        tile_size: side of the square tiles cut from each image (0: whole image), in output pixels
+            (after ``resample``).
         manifest: split JSON from :func:`make_split`; created (seeded) when missing.
         subset: ``"train"`` or ``"val"`` of the manifest (needs ``manifest``).
         val_fraction: val share when the manifest is created.
@@ -204,11 +228,17 @@ class XBDSegmentation(Dataset):
         skip_malformed: skip malformed label files / features (warned, counted) instead of raising.
         mean: per-band means in raw (0..255) units; default 0.
         std: per-band std in raw units; default 255 (images in [0, 1]).
+        resample: read every image at this factor of its resolution (0.5: 1024 -> 512 px; sides
+            rounded half up, :func:`~noisyseg.data.raster.scaled_size`): images resized by PIL
+            ``BOX`` (area mean) when shrinking, ``BILINEAR`` when enlarging (:func:`resize_image`);
+            masks rasterised from the polygons directly on the output grid (:func:`burn`), so
+            polygons stay exact and class ids unmixed. ``meta["tile"]`` is in output pixels.
 
     Raises:
         FileNotFoundError: a split folder is missing, or an id lacks a partner file (names the id
             and the file) without ``skip_incomplete``.
-        ValueError: bad options, or a malformed label (names the file and feature index).
+        ValueError: bad options (``resample`` not > 0), or a malformed label (names the file and
+            feature index).
 
     Attributes:
         stats: ``ids``, ``tiles``, ``polygons``, ``polygons_clipped``, ``polygons_outside``,
@@ -232,7 +262,9 @@ class XBDSegmentation(Dataset):
         skip_malformed: bool = False,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        resample: float = 1.0,
     ) -> None:
+        self.resample = check_resample(resample)
         if phase not in ("pre", "post"):
             raise ValueError(f"phase={phase!r}; valid: 'pre', 'post'")
         if subset not in (None, "train", "val") or (subset is None) != (manifest is None):
@@ -256,8 +288,8 @@ class XBDSegmentation(Dataset):
             self._index(i, skip_incomplete, skip_malformed)
         self.tiles: list[tuple[str, int, int]] = []  # (id, row, col)
         for i in self.ids:
-            h, w = self.labels[i]["post"]["size"]
-            t = tile_size or max(h, w)
+            h, w = self._out_size(i)
+            t = self._side(i)
             self.tiles += [(i, r, c) for r in patch_starts(h, t) for c in patch_starts(w, t)]
         self.stats["ids"], self.stats["tiles"] = len(self.ids), len(self.tiles)
         self._cache: dict[tuple[str, str], Any] = {}  # last decoded images / masks (tiles of one image)
@@ -286,6 +318,18 @@ class XBDSegmentation(Dataset):
         self.ids.append(image_id)
         self.labels[image_id] = labels
 
+    def _out_size(self, image_id: str) -> tuple[int, int]:
+        """``(H', W')`` of an image after ``resample`` (its label's size at 1)."""
+        return scaled_size(*self.labels[image_id]["post"]["size"], self.resample)
+
+    def _side(self, image_id: str) -> int:
+        """Tile side in output pixels (``tile_size``, or the whole image's longer side)."""
+        return self.tile_size or max(self._out_size(image_id))
+
+    def sources(self) -> list[str]:
+        """Per tile, its image file (``meta["source"]``), without reading pixels."""
+        return [str(self.paths(i)[f"{self.phase}_image"]) for i, _, _ in self.tiles]
+
     def paths(self, image_id: str) -> dict[str, Path]:
         """Image and label paths of ``<split>/<id>`` (keys ``pre_image``, ``post_label``...)."""
         split, name = image_id.split("/", 1)
@@ -301,11 +345,12 @@ class XBDSegmentation(Dataset):
         return self._cache[key]
 
     def full_mask(self, image_id: str, phase: str) -> np.ndarray:
-        """Whole-image ``[H, W]`` uint8 mask of one phase (rasterised once, cached)."""
-        return self._cached((image_id, f"{phase}_mask"), lambda: burn(self.labels[image_id][phase]))
+        """Whole-image ``[H', W']`` uint8 mask of one phase at the output size (rasterised once, cached)."""
+        return self._cached((image_id, f"{phase}_mask"),
+                            lambda: burn(self.labels[image_id][phase], self._out_size(image_id)))
 
     def image(self, image_id: str, phase: str) -> np.ndarray:
-        """Whole ``[3, H, W]`` uint8 image of one phase.
+        """Whole ``[3, H', W']`` image of one phase: uint8, float32 when resampled.
 
         Raises:
             ValueError: the image size differs from the label's ``metadata`` size.
@@ -316,13 +361,13 @@ class XBDSegmentation(Dataset):
                 arr = np.asarray(im.convert("RGB")).transpose(2, 0, 1)  # [3, H, W]
             if arr.shape[1:] != self.labels[image_id][phase]["size"]:
                 raise ValueError(f"{path} is {arr.shape[1:]} but its label says {self.labels[image_id][phase]['size']}")
-            return arr
+            return arr if self.resample == 1 else resize_image(arr, self._out_size(image_id))
         return self._cached((image_id, phase), load)
 
     def label_mask(self, index: int) -> np.ndarray:
         """The tile's mask ``[T, T]`` without reading imagery (for class weights)."""
         i, r, c = self.tiles[index]
-        t = self.tile_size or max(self.labels[i]["post"]["size"])
+        t = self._side(i)
         return self.full_mask(i, self.phase)[r:r + t, c:c + t]
 
     def _norm(self, x: np.ndarray) -> np.ndarray:
@@ -332,11 +377,14 @@ class XBDSegmentation(Dataset):
 
     def _meta(self, index: int, phase: str) -> dict[str, Any]:
         i, r, c = self.tiles[index]
-        t = self.tile_size or max(self.labels[i]["post"]["size"])
+        t = self._side(i)
+        (h, w), (oh, ow) = self.labels[i]["post"]["size"], self._out_size(i)
+        sy, sx = h / oh, w / ow  # native pixels per output pixel (polygon bounds are native)
         n = sum(1 for *_, (x0, y0, x1, y1) in self.labels[i][phase]["shapes"]
-                if x1 > c and x0 < c + t and y1 > r and y0 < r + t)  # polygons whose bounds meet the tile
+                if x1 > c * sx and x0 < (c + t) * sx and y1 > r * sy and y0 < (r + t) * sy)  # bounds meet the tile
         return {"id": i.split("/", 1)[1], "split": i.split("/", 1)[0], "site": site_of(i.split("/", 1)[1]),
-                "source": str(self.paths(i)[f"{phase}_image"]), "tile": [r, c, t], "polygons": n}
+                "source": str(self.paths(i)[f"{phase}_image"]), "tile": [r, c, t], "resample": self.resample,
+                "polygons": n}
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -344,7 +392,7 @@ class XBDSegmentation(Dataset):
     def __getitem__(self, index: int) -> Sample:
         """Tile ``index``: image ``[3, T, T]`` of ``phase``, mask ``[T, T]`` of that phase."""
         i, r, c = self.tiles[index]
-        t = self.tile_size or max(self.labels[i]["post"]["size"])
+        t = self._side(i)
         img = self.image(i, self.phase)[:, r:r + t, c:c + t]
         return make_sample(self._norm(img), self.label_mask(index), meta=self._meta(index, self.phase))
 
@@ -409,7 +457,7 @@ class XBDPairs(XBDSegmentation):
 
     def _post_tile(self, index: int) -> np.ndarray:
         i, r, c = self.tiles[index]
-        t = self.tile_size or max(self.labels[i]["post"]["size"])
+        t = self._side(i)
         return self.full_mask(i, "post")[r:r + t, c:c + t]
 
     def _noisy(self, index: int) -> bool:
@@ -419,7 +467,7 @@ class XBDPairs(XBDSegmentation):
     def __getitem__(self, index: int) -> Sample:
         """Tile pair ``index``: image/image2 ``[3, T, T]``, mask/mask2 ``[T, T]``, noisy_pair."""
         i, r, c = self.tiles[index]
-        t = self.tile_size or max(self.labels[i]["post"]["size"])
+        t = self._side(i)
         pre = self.image(i, "pre")[:, r:r + t, c:c + t]
         post = self.image(i, "post")[:, r:r + t, c:c + t]
         mask2 = self._post_tile(index).astype(np.int64)
