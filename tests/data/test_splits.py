@@ -17,19 +17,8 @@ from torch.utils.data import Dataset
 import noisyseg.data.splits as splits_mod
 from noisyseg.data.datamodule import DataModule
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.splits import ConcatSources, TileSplit, _carry, split_sizes
-
-
-class Tagged(int):
-    """An int index carrying an epoch, built like the sampler's: ``Tagged(value, epoch)``."""
-
-    def __new__(cls, value: int, epoch: int) -> Tagged:
-        obj = super().__new__(cls, value)
-        obj.epoch = epoch
-        return obj
-
-    def __reduce__(self):
-        return (Tagged, (int(self), self.epoch))
+from noisyseg.data.samplers import EpochIndex
+from noisyseg.data.splits import ConcatSources, TileSplit, split_sizes
 
 
 class Patches(Dataset):
@@ -159,24 +148,23 @@ def test_limit_draws_distinct_samples_of_the_split():
 
 
 def test_index_keeps_its_epoch_through_split_and_concat():
-    assert type(_carry(3, 7)) is int and type(_carry(np.int64(3), 7)) is int
-    c = _carry(Tagged(3, epoch=4), 7)
-    assert type(c) is Tagged and int(c) == 7 and c.epoch == 4
-    assert pickle.loads(pickle.dumps(c)).epoch == 4  # survives the trip to a loader worker
     a, b = Patches(["a0", "a0", "a1"]), Patches(["b0", "b1", "b1", "b2"])
     cat = ConcatSources([a, b])
     split = TileSplit(cat, "x", counts={"x": 5}, seed=0)  # all 5 tiles
-    sample = split[Tagged(4, epoch=9)]  # concat index 4 -> part b, inner index 1
+    sample = split[EpochIndex(4, epoch=9)]  # concat index 4 -> part b, inner index 1
     assert sample["meta"] == {"source": "b1", "k": 1}
-    assert type(b.seen[-1]) is Tagged and int(b.seen[-1]) == 1 and b.seen[-1].epoch == 9
+    assert type(b.seen[-1]) is EpochIndex and int(b.seen[-1]) == 1 and b.seen[-1].epoch == 9
     split[2]
     assert type(a.seen[-1]) is int and a.seen[-1] == 2
-    try:  # the sampler's own index type, when the package has it
-        from noisyseg.data.samplers import EpochIndex
-    except ImportError:
-        return
     cat[EpochIndex(3, 2)]
     assert isinstance(b.seen[-1], EpochIndex) and int(b.seen[-1]) == 0 and b.seen[-1].epoch == 2
+
+
+def test_seed_none_follows_the_run_seed(monkeypatch):
+    ds = Patches(tiles_with_patches(12))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # what seed_everything(5) exports
+    run = TileSplit(ds, "train", fractions={"train": 0.5, "test": 0.5}, seed=None)
+    assert run.seed == 5 and run.groups == TileSplit(ds, "train", fractions={"train": 0.5, "test": 0.5}, seed=5).groups
 
 
 def test_concat_sources_order_meta_and_mismatches():

@@ -61,6 +61,12 @@ class NoisyLabels(Dataset):
         """The wrapped dataset's indexing counts."""
         return getattr(self.dataset, "stats", {})
 
+    def sources(self) -> list[str]:
+        """Per sample, the tile it was cut from: the wrapped dataset's (without pixels where it can)."""
+        from noisyseg.data.splits import groups_of  # splits wraps datasets of this module's kind
+
+        return groups_of(self.dataset, "source")
+
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 

@@ -39,24 +39,10 @@ from torch.utils.data import Dataset
 
 from noisyseg.data.raster import write_json_atomic
 from noisyseg.data.sample import IMAGE, META, Sample
+from noisyseg.data.samplers import EpochIndex, default_seed
 
 REST = "rest"
 """Split size meaning "every group the other splits leave"."""
-
-
-def _carry(index: int, inner: int) -> int:
-    """``inner`` as the index object for a wrapped dataset: ``index``'s type and epoch kept.
-
-    A sampler may yield int subclasses that carry the training epoch (``index.epoch``); a wrapper
-    that maps indices must hand the epoch on, or per-epoch draws in the wrapped dataset freeze.
-    The copy is made with ``int.__new__`` and the attributes copied, so it works whatever the
-    subclass's constructor takes. Plain ints (and numpy ints) map to plain ints.
-    """
-    if getattr(index, "epoch", None) is None or not isinstance(index, int) or not hasattr(index, "__dict__"):
-        return int(inner)
-    out = int.__new__(type(index), int(inner))
-    out.__dict__.update(vars(index))  # the epoch (and anything else the index carries)
-    return out
 
 
 def groups_of(dataset: Dataset, key: str = "source") -> list[str]:
@@ -164,7 +150,8 @@ class TileSplit(Dataset):
         fractions: split name -> share of the groups, e.g. ``{train: .6, few: .1, test: .3}``
             (rounding: :func:`split_sizes`); one value may be ``"rest"``.
         counts: split name -> number of groups, e.g. ``{test: 4, few: 2, train: rest}``.
-        seed: seed of the permutation of the sorted group names.
+        seed: seed of the permutation of the sorted group names (``None``: the run's
+            ``seed_everything``, so each seed of a study splits the tiles anew).
         manifest: JSON file holding the assignment. Written (atomically) when missing; reused when
             it exists and lists the same groups, whatever ``seed`` / sizes say now (warned when
             they differ); an error when the groups differ.
@@ -190,13 +177,14 @@ class TileSplit(Dataset):
         split: str,
         fractions: dict[str, float | str] | None = None,
         counts: dict[str, int | str] | None = None,
-        seed: int = 0,
+        seed: int | None = 0,
         manifest: str | None = None,
         group_key: str = "source",
         limit: int | None = None,
         limit_seed: int | None = None,
     ) -> None:
-        self.dataset, self.split, self.seed, self.group_key = dataset, str(split), int(seed), group_key
+        self.dataset, self.split, self.group_key = dataset, str(split), group_key
+        self.seed = default_seed() if seed is None else int(seed)
         sample_groups = groups_of(dataset, group_key)  # [N] one name per sample
         self._sample_groups = sample_groups
         names = sorted(set(sample_groups))
@@ -278,7 +266,7 @@ class TileSplit(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         """Sample ``index`` of the split: the wrapped dataset's sample ``indices[index]``."""
-        return self.dataset[_carry(index, int(self.indices[int(index)]))]
+        return self.dataset[EpochIndex.carry(index, int(self.indices[int(index)]))]
 
 
 class ConcatSources(Dataset):
@@ -286,7 +274,7 @@ class ConcatSources(Dataset):
 
     Every part must give the same band count and the same normalisation: a network sees one
     input distribution, so give each part the same ``mean`` / ``std`` (or one part's statistics
-    file through ``normalization_from``). Indices carry their epoch into the parts (:func:`_carry`).
+    file through ``normalization_from``). Indices carry their epoch into the parts (:meth:`~noisyseg.data.samplers.EpochIndex.carry`).
 
     Args:
         datasets: the parts, in order (YAML: a list of nested ``class_path`` entries).
@@ -349,7 +337,7 @@ class ConcatSources(Dataset):
         if not 0 <= k < len(self):
             raise IndexError(f"index {int(index)} is out of range for {len(self)} samples")
         part = bisect.bisect_right(self.offsets.tolist(), k) - 1
-        return self.datasets[part][_carry(index, k - int(self.offsets[part]))]
+        return self.datasets[part][EpochIndex.carry(index, k - int(self.offsets[part]))]
 
 
 def _band_count(dataset: Dataset, norm: dict[str, Any] | None) -> int:
