@@ -125,7 +125,10 @@ class DINOTask(BaseTask):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        m = cosine_schedule(self.global_step, total, self.momentum_teacher, 1.0)  # pure function of the step
+        # the optimiser step just taken, 0-based (global_step already counts it): the reference's
+        # momentum_schedule[it], so the first update uses the base momentum and the last one is < 1
+        step = max(0, self.global_step - 1)
+        m = cosine_schedule(step, total, self.momentum_teacher, 1.0)  # pure function of the step
         with torch.no_grad():
             momentum_update(self.student, self.teacher, m)
 
