@@ -54,3 +54,21 @@ def test_datamodule_cache_wraps_every_split():
         for _ in dm.train_dataloader():
             pass
     assert inner.reads == [1, 1, 1, 1]
+
+
+def test_fit_start_measures_realised_label_noise(caplog):
+    from noisyseg.data.vts import VTSSegmentation
+
+    ds = VTSSegmentation("train", length=20, size=32, num_cells=10, label_noise={"flip_rate": 0.3})
+    dm = DataModule(train=ds, batch_size=4, noise_report=8)
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    rate = sum((ds[i]["mask"] != ds[i]["clean_mask"]).sum().item() for i in range(8)) / (8 * 32 * 32)
+    assert dm.label_agreement["agreement"] == pytest.approx(1 - rate) and dm.label_agreement["samples"] == 8
+    assert "agree" in caplog.text
+    clean = DataModule(train=Counting(), noise_report=8)  # no clean_mask: nothing measured
+    clean.setup("fit")
+    assert clean.label_agreement is None
+    off = DataModule(train=ds, noise_report=0)
+    off.setup("fit")
+    assert off.label_agreement is None

@@ -24,10 +24,12 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from noisyseg.data.cache import InMemory
-from noisyseg.data.sample import collate
+from noisyseg.data.noise_report import dataset_agreement, format_agreement
+from noisyseg.data.sample import CLEAN_MASK, MASK, collate
 from noisyseg.data.samplers import EpochSampler, UnpaddedDistributedSampler
 from noisyseg.distributed import is_dist
 
@@ -48,6 +50,9 @@ class DataModule(L.LightningDataModule):
             dataset size); with ``batch_size`` it fixes the steps per epoch of a tiny dataset.
         seed: seed of the training order and of the epoch tags (``None``: the run's
             ``seed_everything``).
+        noise_report: when a fit starts and the training samples carry both a (noisy) ``mask``
+            and the ``clean_mask``, measure their agreement on the first this-many samples and log
+            it (overall and per class, :mod:`~noisyseg.data.noise_report`); 0 turns it off.
         cache: keep every decoded sample in memory after its first read
             (:class:`~noisyseg.data.cache.InMemory`): for small real datasets read many times;
             refused for datasets that draw per epoch.
@@ -65,6 +70,7 @@ class DataModule(L.LightningDataModule):
         replacement: bool = False,
         samples_per_epoch: int | None = None,
         seed: int | None = None,
+        noise_report: int = 256,
         cache: bool = False,
     ) -> None:
         super().__init__()
@@ -73,6 +79,8 @@ class DataModule(L.LightningDataModule):
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch={samples_per_epoch} must be >= 1 (or null for the dataset size)")
         self.replacement, self.samples_per_epoch, self.seed = replacement, samples_per_epoch, seed
+        self.noise_report = noise_report
+        self.label_agreement: dict[str, Any] | None = None  # set by setup("fit") when measured
         if cache:
             train, val, test = (InMemory(d) if d is not None else None for d in (train, val, test))
         self.train_set, self.val_set, self.test_set = train, val, test
@@ -80,6 +88,18 @@ class DataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.drop_last = drop_last
+
+    def setup(self, stage: str) -> None:
+        """At ``fit``: log the realised noise of the training labels (when clean ones exist)."""
+        if stage != "fit" or not self.noise_report or self.train_set is None or len(self.train_set) == 0:
+            return
+        first = self.train_set[0]
+        if MASK not in first or CLEAN_MASK not in first:
+            return
+        names = getattr(self.train_set, "class_names", None)
+        self.label_agreement = dataset_agreement(self.train_set, getattr(self.train_set, "num_classes", None),
+                                                 max_samples=self.noise_report)
+        rank_zero_info(f"training labels: {format_agreement(self.label_agreement, names)}")
 
     def _loader(self, ds: Dataset | None, name: str, train: bool) -> DataLoader:
         if ds is None:
