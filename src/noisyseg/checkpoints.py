@@ -6,7 +6,15 @@ prefix) and, in the safetensors header, a JSON document under the key ``noisyseg
     {"format": "noisyseg-encoder", "version": 1, "arch": "resnet18", "in_channels": 3,
      "normalization": {"mean": [...], "std": [...]},
      "trained": {"method": "supervised", "epochs": 5, "steps": 400, "seed": 0, ...},
-     "source": {"kind": "random" | "noisyseg" | "timm" | "torchvision" | "torchgeo", ...}}
+     "source": {"kind": "random" | "noisyseg" | "timm" | "torchvision" | "torchgeo", ...},
+     "decoder": {"type": "unet", "num_classes": 2, "class_names": null | [...],
+                 "modules": ["decoder", "segmentation_head"]}}
+
+``decoder`` is optional: a file written by a supervised segmentation run also holds the rest of
+its network (decoder and segmentation head) under the model's own key names, whose first
+dotted parts are listed in ``modules`` (smp: ``decoder.``/``segmentation_head.``; FCN:
+``head.``). :func:`read_encoder` and everything built on it (:func:`load_encoder`, export) see
+the encoder tensors only; :func:`read_decoder` returns the rest, for a full-network transfer.
 
 Safetensors holds no code, so an encoder file from a stranger cannot run anything when loaded
 (unlike a pickled checkpoint). Files are written atomically (temp file + rename).
@@ -61,6 +69,8 @@ def save_encoder(
     normalization: dict[str, Any] | None = None,
     trained: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
+    decoder_state: dict[str, torch.Tensor] | None = None,
+    decoder_meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``encoder``'s weights and metadata to ``path``.
 
@@ -71,8 +81,27 @@ def save_encoder(
         normalization: per-band ``mean``/``std`` the inputs were normalised with.
         trained: how the weights were trained (method, epochs, seed, dataset, ...).
         source: where the initial weights came from (defaults to random initialisation).
+        decoder_state: the rest of a segmentation network (decoder + head), keyed by the model's
+            own names (``decoder.blocks.0.conv1.0.weight``, ``segmentation_head.0.bias``, ...);
+            ``None``: an encoder-only file.
+        decoder_meta: with ``decoder_state``: ``{"type": decoder name, "num_classes": K,
+            "class_names": [...] or None}``.
+
+    Raises:
+        ValueError: ``decoder_state`` without ``decoder_meta`` (or the reverse), or decoder keys
+            whose first part is also an encoder key's.
     """
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    decoder = None
+    if (decoder_state is None) != (decoder_meta is None):
+        raise ValueError("save_encoder takes decoder_state and decoder_meta together, or neither")
+    if decoder_state is not None and decoder_meta is not None:
+        modules = sorted({k.split(".", 1)[0] for k in decoder_state})
+        clash = sorted(set(modules) & {k.split(".", 1)[0] for k in state})
+        if clash:
+            raise ValueError(f"decoder keys under {clash} would mix with the encoder's; rename the modules")
+        state.update({k: v.detach().to("cpu").contiguous() for k, v in decoder_state.items()})
+        decoder = {**decoder_meta, "modules": modules}
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -82,18 +111,61 @@ def save_encoder(
         "trained": trained or {},
         "source": source or {"kind": "random"},
     }
+    if decoder is not None:
+        meta["decoder"] = decoder
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"noisyseg": json.dumps(meta)}))
+
+
+def split_state(
+    state: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split an encoder file's tensors into ``(encoder, decoder)`` by ``meta["decoder"]["modules"]``.
+
+    Raises:
+        EncoderFileError: when ``meta["decoder"]`` is present but not a dict with a list of modules.
+    """
+    dec = meta.get("decoder")
+    if dec is None:
+        return state, {}
+    if not isinstance(dec, dict) or not isinstance(dec.get("modules"), list):
+        raise EncoderFileError(f"encoder file metadata 'decoder' must be a dict with a 'modules' list, got {dec!r}")
+    modules = set(dec["modules"])
+    decoder = {k: v for k, v in state.items() if k.split(".", 1)[0] in modules}
+    return {k: v for k, v in state.items() if k not in decoder}, decoder
 
 
 def read_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an encoder file.
 
     Returns:
-        ``(state_dict, metadata)``.
+        ``(state_dict, metadata)``: the encoder's tensors only (a stored decoder is left out, see
+        :func:`read_decoder`).
 
     Raises:
         EncoderFileError: when the file is missing, not safetensors, or has no noisyseg metadata.
     """
+    state, meta = _read_file(path)
+    return split_state(state, meta)[0], meta
+
+
+def read_decoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The decoder + head tensors and their metadata stored in an encoder file, if any.
+
+    Returns:
+        ``(decoder_state, meta["decoder"])`` with the model's own key names, or ``None`` for an
+        encoder-only file.
+
+    Raises:
+        EncoderFileError: as :func:`read_encoder`.
+    """
+    state, meta = _read_file(path)
+    if meta.get("decoder") is None:
+        return None
+    return split_state(state, meta)[1], meta["decoder"]
+
+
+def _read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every tensor of an encoder file and its metadata (checked format)."""
     path = Path(path)
     if not path.is_file():
         raise EncoderFileError(f"encoder file {path} does not exist")

@@ -36,7 +36,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 
-from noisyseg.checkpoints import EncoderFileError, atomic_write, read_encoder, refused_global, save_encoder
+from noisyseg.checkpoints import (
+    EncoderFileError,
+    atomic_write,
+    read_encoder,
+    refused_global,
+    save_encoder,
+    split_state,
+)
 from noisyseg.models.encoders import ENCODERS, build_encoder, check_arch
 
 TARGETS = ("smp", "timm", "torchvision")
@@ -174,9 +181,10 @@ def _read_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         try:
             with safe_open(str(path), framework="pt") as f:
                 header = dict(f.metadata() or {})
-            return load_file(str(path)), header
+            state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise EncoderFileError(f"state dict file {path} is not a readable safetensors file ({e})") from e
+        return _without_decoder(state, header), header
     if path.suffix not in PICKLE_SUFFIXES:
         raise EncoderFileError(f"state dict file {path} must end in .safetensors or one of {list(PICKLE_SUFFIXES)}")
     try:
@@ -193,6 +201,15 @@ def _read_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     except (RuntimeError, OSError, EOFError) as e:
         raise EncoderFileError(f"state dict file {path} is not a readable torch file ({e})") from e
     return _unnest(obj, path), {}
+
+
+def _without_decoder(state: dict[str, torch.Tensor], header: dict[str, str]) -> dict[str, torch.Tensor]:
+    """A noisyseg encoder file may also hold its decoder (:func:`~noisyseg.checkpoints.split_state`): drop it."""
+    try:
+        meta = json.loads(header.get("noisyseg", "{}"))
+        return split_state(state, meta)[0] if isinstance(meta, dict) else state
+    except (json.JSONDecodeError, EncoderFileError):
+        return state  # not readable as noisyseg metadata: every tensor, as for a foreign file
 
 
 def _unnest(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -56,3 +56,33 @@ def test_unknown_names_list_valid():
         build_encoder("vit_b")
     with pytest.raises(ValueError, match="valid: .*unet"):
         build_segmentation_model("segformer")
+
+
+def test_decoder_in_the_file_is_invisible_to_encoder_readers(tmp_path):
+    from safetensors.torch import load_file
+
+    from noisyseg.checkpoints import read_decoder
+    from noisyseg.interop import export_encoder, import_state_dict
+
+    model = build_segmentation_model("unet", "resnet18", 3, 4)
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    head = {"type": "unet", "num_classes": 4, "class_names": None}
+    path = save_encoder(tmp_path / "e.safetensors", model.encoder, "resnet18", decoder_state=rest, decoder_meta=head)
+    assert read_decoder(save_encoder(tmp_path / "bare.safetensors", model.encoder, "resnet18")) is None
+    state, meta = read_encoder(path)
+    assert set(state) == set(model.encoder.state_dict())
+    assert meta["decoder"] == {**head, "modules": ["decoder", "segmentation_head"]}
+    dec, dec_meta = read_decoder(path)
+    assert set(dec) == set(rest) and all(torch.equal(dec[k], v) for k, v in rest.items())
+    # load_encoder (strict), export and import see the encoder only
+    load_encoder(build_encoder("resnet18", 3), path, "resnet18")
+    exported = load_file(str(export_encoder(path, "smp", tmp_path / "x.safetensors")))
+    assert set(exported) == set(model.encoder.state_dict())
+    imported, _ = import_state_dict(path, "resnet18")
+    assert set(imported) == set(model.encoder.state_dict())
+    assert all(torch.equal(imported[k], v) for k, v in model.encoder.state_dict().items())
+    with pytest.raises(ValueError, match="decoder_state and decoder_meta together"):
+        save_encoder(tmp_path / "y.safetensors", model.encoder, "resnet18", decoder_state=rest)
+    with pytest.raises(ValueError, match=r"decoder keys under \['conv1'\] would mix with the encoder's"):
+        save_encoder(tmp_path / "z.safetensors", model.encoder, "resnet18",
+                     decoder_state={"conv1.extra": torch.zeros(1)}, decoder_meta=head)

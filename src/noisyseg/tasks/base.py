@@ -2,7 +2,8 @@
 
 * channels-last memory format for model and batches (oneDNN's fast bf16 convolutions want it);
 * on the CPU, glibc malloc keeps freed activation-sized blocks (:func:`~noisyseg.runtime.keep_freed_memory`);
-* AdamW or SGD with linear warm-up and cosine decay, stepped per optimiser step;
+* AdamW or SGD; the learning rate follows one of :data:`LR_SCHEDULES` (default linear warm-up
+  and cosine decay), stepped per optimiser step;
 * a NaN/Inf loss stops the run with a message naming the step (the last checkpoint stays good);
 * every batch is checked on the CPU before it moves to the device (no device sync): NaN/Inf
   pixels and a band count that differs from the encoder's raise ValueError naming the source;
@@ -48,6 +49,20 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * t))
 
 
+def warmup_constant(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor at ``step``: linear warm-up to 1 over ``warmup`` steps, then 1 (pure function)."""
+    return (step + 1) / warmup if step < warmup else 1.0
+
+
+def constant(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor 1 at every step; ``warmup`` is ignored (use ``warmup_constant`` for one)."""
+    return 1.0
+
+
+LR_SCHEDULES = {"constant": constant, "warmup_constant": warmup_constant, "warmup_cosine": warmup_cosine}
+"""Schedule name -> factor ``f(step, total, warmup)``; the optimiser's lr at step ``s`` is ``lr * f(s, ...)``."""
+
+
 def _fusable(params: list) -> bool:
     """Whether torch's fused SGD/AdamW kernels take these parameters (floating, on CPU or CUDA)."""
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
@@ -62,10 +77,18 @@ class BaseTask(L.LightningModule):
         lr: peak learning rate.
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, as MoCo).
-        warmup_fraction: share of the steps spent warming up.
+        warmup_fraction: share of the steps spent warming up (``warmup_*`` schedules).
         channels_last: use channels-last tensors (fast on oneDNN / tensor cores).
         encoder_out: where to write the encoder file at the end of ``fit`` (``None``: don't).
         method: name of the pretraining method, recorded in the encoder file.
+        lr_schedule: one of :data:`LR_SCHEDULES`: ``"warmup_cosine"`` (linear warm-up over
+            ``warmup_fraction`` of the steps, then cosine to 0), ``"warmup_constant"`` (the same
+            warm-up, then constant) or ``"constant"`` (``lr`` at every step, no warm-up whatever
+            ``warmup_fraction`` says).
+
+    Raises:
+        ValueError: unknown ``optimizer`` or ``lr_schedule``, ``lr <= 0``, ``warmup_fraction``
+            outside [0, 1].
     """
 
     def __init__(
@@ -78,14 +101,19 @@ class BaseTask(L.LightningModule):
         channels_last: bool = True,
         encoder_out: str | None = None,
         method: str = "unknown",
+        lr_schedule: str = "warmup_cosine",
     ) -> None:
         super().__init__()
         if optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer={optimizer!r}; valid: 'adamw', 'sgd'")
         if lr <= 0:
             raise ValueError(f"lr={lr} must be > 0")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r}; valid: {sorted(LR_SCHEDULES)}")
+        if not 0.0 <= warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction={warmup_fraction} is outside [0, 1]")
         self.arch, self.lr, self.weight_decay, self.optimizer_name = arch, lr, weight_decay, optimizer
-        self.warmup_fraction, self.channels_last = warmup_fraction, channels_last
+        self.warmup_fraction, self.channels_last, self.lr_schedule = warmup_fraction, channels_last, lr_schedule
         self.encoder_out, self.method = encoder_out, method
         self.encoder: nn.Module  # set by subclasses
 
@@ -141,7 +169,8 @@ class BaseTask(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, **fused)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
         warmup = int(self.warmup_fraction * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
+        factor = LR_SCHEDULES[self.lr_schedule]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor(s, total, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- health

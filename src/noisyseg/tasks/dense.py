@@ -58,9 +58,11 @@ class DenseContrastTask(BaseTask):
         channels_last: bool = True,
         encoder_out: str | None = None,
         method: str | None = None,
+        lr_schedule: str = "warmup_cosine",
     ) -> None:
         super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method or f"dense-{mode}"
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method or f"dense-{mode}",
+            lr_schedule,
         )
         self.save_hyperparameters()
         if mode not in DENSE_LOSSES:

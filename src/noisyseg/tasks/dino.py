@@ -69,8 +69,11 @@ class DINOTask(BaseTask):
         channels_last: bool = True,
         encoder_out: str | None = None,
         method: str = "dino",
+        lr_schedule: str = "warmup_cosine",
     ) -> None:
-        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method)
+        super().__init__(
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
+        )
         self.save_hyperparameters()
         if n_local_crops < 0:
             raise ValueError(f"n_local_crops={n_local_crops} must be >= 0")

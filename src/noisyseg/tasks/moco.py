@@ -95,9 +95,12 @@ class MoCoTask(BaseTask):
         channels_last: bool = True,
         encoder_out: str | None = None,
         method: str | None = None,
+        lr_schedule: str = "warmup_cosine",
     ) -> None:
         method = method or ("moco" if false_negative == "none" else f"false-{false_negative}")
-        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method)
+        super().__init__(
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
+        )
         self.save_hyperparameters()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} is outside [0, 1]")

@@ -6,7 +6,10 @@ One task serves both ends of the pipeline:
   with CE + Dice on the (noisy) ``mask``; ``encoder_out`` writes the encoder file at the end;
 * **transfer**: ``encoder_path`` loads an encoder file into any decoder (UNet, DeepLabV3+, PSPNet,
   FCN); ``freeze_encoder`` keeps the encoder's parameters *and* BatchNorm running statistics
-  untouched (the encoder stays in eval mode), otherwise everything is fine-tuned.
+  untouched (the encoder stays in eval mode), otherwise everything is fine-tuned. The file written
+  by this task also holds its decoder and segmentation head, so ``transfer`` can start the whole
+  network (``full``) or the encoder plus the first UNet decoder blocks from it; ``normalization``
+  brings the inputs to the normalisation the encoder was pretrained with.
 
 Validation and test score against ``clean_mask`` when the batch has one (``eval_on_clean``), from a
 confusion matrix accumulated over the whole split.
@@ -19,15 +22,92 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from noisyseg.checkpoints import atomic_write, load_encoder
+from noisyseg.checkpoints import EncoderFileError, atomic_write, load_encoder, read_decoder, save_encoder
 from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
 from noisyseg.models.segmentation import build_segmentation_model
 from noisyseg.tasks.base import BaseTask, batch_sources
-from noisyseg.transforms.batch import SegmentationAugment
+from noisyseg.transforms.batch import SEGMENTATION_PRESETS, SegmentationAugment
+
+TRANSFER_MODES = ("auto", "encoder", "full", "decoder_blocks:K")
+"""What ``transfer`` starts from an encoder file (``K``: a number of UNet decoder blocks)."""
+
+NORMALIZATION_MODES = ("auto", "encoder", "dataset")
+"""Which normalisation the network's inputs are in (see :class:`SegmentationTask`)."""
+
+
+def augment_preset(augment: bool | str) -> str:
+    """The :data:`~noisyseg.transforms.batch.SEGMENTATION_PRESETS` name of an ``augment`` option.
+
+    ``True`` is ``"d4_jitter"`` (D4 + band jitter), ``False`` is ``"none"``.
+
+    Raises:
+        ValueError: a name outside the presets (listing them).
+    """
+    if isinstance(augment, bool):
+        return "d4_jitter" if augment else "none"
+    if augment not in SEGMENTATION_PRESETS:
+        raise ValueError(f"augment={augment!r}; valid: true, false or one of {list(SEGMENTATION_PRESETS)}")
+    return augment
+
+
+def parse_transfer(transfer: str) -> tuple[str, int]:
+    """``transfer`` option -> ``(mode, blocks)``; ``blocks`` is K for ``"decoder_blocks:K"``, else 0.
+
+    Raises:
+        ValueError: an unknown mode or a K that is not an integer >= 1.
+    """
+    if isinstance(transfer, str) and transfer.startswith("decoder_blocks:"):
+        k = transfer.split(":", 1)[1]
+        if not k.isdigit() or int(k) < 1:
+            raise ValueError(f"transfer={transfer!r}: K in 'decoder_blocks:K' must be an integer >= 1")
+        return "decoder_blocks", int(k)
+    if transfer not in ("auto", "encoder", "full"):
+        raise ValueError(f"transfer={transfer!r}; valid: {list(TRANSFER_MODES)}")
+    return transfer, 0
+
+
+def input_correction(
+    dataset: dict[str, Any], encoder: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-band affine map from a dataset's normalisation to an encoder file's.
+
+    A dataset hands out ``x_ds = (raw - mean_ds) / std_ds``; the encoder was pretrained on
+    ``x_enc = (raw - mean_enc) / std_enc``, so ``x_enc = x_ds * std_ds / std_enc + (mean_ds -
+    mean_enc) / std_enc`` (means and stds in raw units, one per band; computed in float64).
+
+    Args:
+        dataset: ``{"mean": [C], "std": [C]}`` the dataset normalised with.
+        encoder: ``{"mean": [C], "std": [C]}`` recorded in the encoder file.
+
+    Returns:
+        ``(scale, shift)``, each float32 ``[C]``, or ``None`` when the two are the same (identity).
+
+    Raises:
+        ValueError: when the band counts differ, a std is not > 0, or ``mean``/``std`` is missing.
+    """
+    for name, norm in (("dataset", dataset), ("encoder file", encoder)):
+        if not isinstance(norm, dict) or "mean" not in norm or "std" not in norm:
+            raise ValueError(f"the {name}'s normalisation must be {{'mean': [...], 'std': [...]}}, got {norm!r}")
+    mean_ds, std_ds = (torch.tensor(dataset[k], dtype=torch.float64).flatten() for k in ("mean", "std"))
+    mean_enc, std_enc = (torch.tensor(encoder[k], dtype=torch.float64).flatten() for k in ("mean", "std"))
+    if not mean_ds.numel() == std_ds.numel() == mean_enc.numel() == std_enc.numel():
+        raise ValueError(
+            f"the dataset's normalisation has {mean_ds.numel()} bands (std {std_ds.numel()}) but the encoder "
+            f"file's has {mean_enc.numel()} (std {std_enc.numel()}); set normalization='dataset', or give the "
+            "dataset the encoder's bands"
+        )
+    if not (bool((std_ds > 0).all()) and bool((std_enc > 0).all())):
+        raise ValueError(f"normalisation stds must be > 0: dataset {std_ds.tolist()}, encoder {std_enc.tolist()}")
+    if torch.equal(mean_ds, mean_enc) and torch.equal(std_ds, std_enc):
+        return None
+    scale = std_ds / std_enc  # C
+    shift = (mean_ds - mean_enc) / std_enc  # C
+    return scale.float(), shift.float()
 
 
 class SegmentationTask(BaseTask):
@@ -46,13 +126,41 @@ class SegmentationTask(BaseTask):
             masks at the start of fit) or ``None``.
         class_names: names used in the per-class metric keys.
         ignore_index: label that no loss or metric counts.
-        augment: D4 + band jitter on training batches.
+        augment: training augmentation: a preset of
+            :data:`~noisyseg.transforms.batch.SEGMENTATION_PRESETS` (``none``, ``hflip``,
+            ``flips``, ``d4``, ``d4_jitter``), ``True`` (``d4_jitter``) or ``False`` (``none``).
         eval_on_clean: score validation/test against ``clean_mask`` when present.
         method: recorded in the encoder file (``supervised`` for noisy-label pretraining).
-        **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options (lr, optimizer, encoder_out, ...).
+        transfer: what starts from ``encoder_path``:
+
+            * ``"encoder"`` — the encoder only; decoder and head keep their random init;
+            * ``"full"`` — encoder, decoder and segmentation head: the file must hold a decoder
+              of the same type (written by this task) for the same number of classes;
+            * ``"decoder_blocks:K"`` — the encoder and the first ``K`` of UNet's decoder blocks
+              (``decoder.blocks.0`` .. ``K-1``, the deepest first); the head stays random, so the
+              class sets may differ. UNet only: DeepLabV3+'s ASPP + one fusion block, PSPNet's
+              pyramid pooling and FCN's head are not a sequence of blocks (use ``encoder`` or
+              ``full``);
+            * ``"auto"`` — ``full`` when the file holds a decoder of the same type for the same
+              number of classes (and the same class names, when both name them) and the encoder
+              is not frozen (a frozen-encoder probe measures the encoder, so its decoder starts
+              fresh); else ``encoder``. One log line says which.
+        normalization: which normalisation the network sees:
+
+            * ``"encoder"`` — the inputs are mapped (per band, on the device) from the dataset's
+              normalisation to the one recorded in the encoder file (:func:`input_correction`),
+              and the encoder file this task writes records the encoder's;
+            * ``"dataset"`` — the inputs stay as the dataset normalised them;
+            * ``"auto"`` — ``encoder`` when ``encoder_path`` records a normalisation and the
+              dataset states its own, else ``dataset``. One log line says which.
+        **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options (lr, optimizer, lr_schedule,
+            encoder_out, ...).
 
     Raises:
-        ValueError: for unknown names or bad counts; EncoderFileError for a mismatching file.
+        ValueError: for unknown names or bad counts, a ``transfer`` the file cannot serve (no
+            decoder, another decoder type, another class count: naming both), or
+            ``normalization="encoder"`` without a recorded normalisation; EncoderFileError for a
+            mismatching file.
     """
 
     def __init__(
@@ -68,7 +176,7 @@ class SegmentationTask(BaseTask):
         class_weights: list[float] | str | None = None,
         class_names: list[str] | None = None,
         ignore_index: int = IGNORE_INDEX,
-        augment: bool = True,
+        augment: bool | str = True,
         eval_on_clean: bool = True,
         method: str = "supervised",
         lr: float = 1e-3,
@@ -77,32 +185,187 @@ class SegmentationTask(BaseTask):
         warmup_fraction: float = 0.05,
         channels_last: bool = True,
         encoder_out: str | None = None,
+        lr_schedule: str = "warmup_cosine",
+        transfer: str = "auto",
+        normalization: str = "auto",
     ) -> None:
-        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method)
+        super().__init__(
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
+        )
         self.save_hyperparameters()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         if isinstance(class_weights, str) and class_weights != "inverse_frequency":
             raise ValueError(f"class_weights={class_weights!r}; use a list, 'inverse_frequency' or null")
+        preset = augment_preset(augment)
+        mode, blocks = parse_transfer(transfer)
+        if normalization not in NORMALIZATION_MODES:
+            raise ValueError(f"normalization={normalization!r}; valid: {list(NORMALIZATION_MODES)}")
         self.model = build_segmentation_model(decoder, arch, in_channels, num_classes)
         self.encoder = self.model.encoder
         self.encoder_source: dict[str, Any] = {"kind": "random"}
+        self.freeze_encoder = freeze_encoder
+        self.transfer_used: str | None = None  # what was started from encoder_path (None: no file)
+        self.encoder_normalization: dict[str, Any] | None = None  # recorded in encoder_path
         if encoder_path:
             meta = load_encoder(self.encoder, encoder_path, arch)
             self.encoder_source = {"kind": "noisyseg", "path": str(encoder_path), "trained": meta.get("trained")}
-        self.freeze_encoder = freeze_encoder
+            self.encoder_normalization = meta.get("normalization")
+            self.transfer_used = self._transfer(str(encoder_path), meta, mode, blocks)
+            self.encoder_source["transfer"] = self.transfer_used
+        elif mode in ("full", "decoder_blocks"):
+            raise ValueError(f"transfer={transfer!r} needs an encoder_path holding a decoder; none was given")
+        if normalization == "encoder" and self.encoder_normalization is None:
+            where = f"encoder file {encoder_path} records none" if encoder_path else "no encoder_path was given"
+            raise ValueError(f"normalization='encoder' needs the encoder file's recorded normalisation, but {where}; "
+                             "use normalization='dataset' (or 'auto')")
+        self.normalization_mode = normalization
+        self.normalization_used: str | None = None  # "encoder" or "dataset", resolved at setup
+        self._input_affine: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # split -> (scale, shift)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         weights = class_weights if isinstance(class_weights, list) else None
         self.loss_fn = CEDiceLoss(ce_weight, dice_weight, weights, ignore_index)
         self.class_names = class_names or [str(k) for k in range(num_classes)]
         self.ignore_index, self.eval_on_clean = ignore_index, eval_on_clean
-        self.augment = SegmentationAugment() if augment else None
+        self.augment = SegmentationAugment(preset) if preset != "none" else None
         self.val_cm = ConfusionMatrix(num_classes, ignore_index)
         self.test_cm = ConfusionMatrix(num_classes, ignore_index)
         self.test_scores: dict[str, float] = {}
         self.val_scores: dict[str, float] = {}
 
+    # ----------------------------------------------------------------------------- transfer
+    def _transfer(self, path: str, meta: dict[str, Any], mode: str, blocks: int) -> str:
+        """Load the decoder part ``mode`` asks for (the encoder is loaded); the mode used, logged."""
+        decoder, k = self.hparams.decoder, self.hparams.num_classes
+        stored_meta = meta.get("decoder")  # None: an encoder-only file
+        if mode == "auto":
+            mode, why = "encoder", self._auto_reason(stored_meta)
+            if why is None:
+                mode, why = "full", f"it holds a {decoder} decoder for the same {k} classes"
+            rank_zero_info(f"transfer='auto' from {path}: {mode} ({why})")
+        if mode == "encoder":
+            return "encoder"
+        if stored_meta is None:
+            raise ValueError(f"transfer={mode!r} needs the decoder saved with the encoder, but {path} holds the "
+                             "encoder only (write it with a SegmentationTask's encoder_out); use transfer='encoder'")
+        if mode == "decoder_blocks" and (decoder != "unet" or stored_meta.get("type") != "unet"):
+            raise ValueError(f"transfer='decoder_blocks:{blocks}' needs a UNet on both sides, but the model's decoder "
+                             f"is {decoder!r} and {path} holds {stored_meta.get('type')!r}: DeepLabV3+, PSPNet and FCN "
+                             "have no sequence of decoder blocks; use transfer='encoder' or 'full'")
+        if stored_meta.get("type") != decoder:
+            raise ValueError(f"transfer='full': {path} holds a {stored_meta.get('type')!r} decoder but the model's "
+                             f"is {decoder!r}; use transfer='encoder'")
+        if mode == "full" and stored_meta.get("num_classes") != k:
+            raise ValueError(f"transfer='full': {path} holds a head for {stored_meta.get('num_classes')} classes but "
+                             f"the model has num_classes={k}; use transfer='encoder' (or 'decoder_blocks:K' for UNet)")
+        state = read_decoder(path)[0]  # type: ignore[index]  # stored_meta is not None
+        if mode == "decoder_blocks":
+            n = len(self.model.decoder.blocks)
+            if blocks > n:
+                raise ValueError(f"transfer='decoder_blocks:{blocks}' but the UNet decoder has {n} blocks")
+            prefixes = tuple(f"decoder.blocks.{i}." for i in range(blocks))
+            state = {name: v for name, v in state.items() if name.startswith(prefixes)}
+        else:
+            prefixes = tuple(f"{m}." for m in {name.split(".", 1)[0] for name in self.model.state_dict()} - {"encoder"})
+            stored_names, names = stored_meta.get("class_names"), self.hparams.class_names
+            if stored_names is not None and names is not None and list(stored_names) != list(names):
+                rank_zero_warn(f"transfer='full': {path} was trained on classes {stored_names}, the model names {names}")
+        self._load_part(state, prefixes, path)
+        return mode if mode == "full" else f"decoder_blocks:{blocks}"
+
+    def _auto_reason(self, stored: dict[str, Any] | None) -> str | None:
+        """Why ``auto`` falls back to the encoder only (``None``: full transfer fits)."""
+        decoder, k, names = self.hparams.decoder, self.hparams.num_classes, self.hparams.class_names
+        if stored is None:
+            return "the file holds no decoder"
+        if self.freeze_encoder:
+            return "the encoder is frozen: a probe's decoder starts fresh"
+        if stored.get("type") != decoder:
+            return f"the file's decoder is {stored.get('type')!r}, the model's {decoder!r}"
+        if stored.get("num_classes") != k:
+            return f"the file's head has {stored.get('num_classes')} classes, the model {k}"
+        if stored.get("class_names") is not None and names is not None and list(stored["class_names"]) != list(names):
+            return f"the file's classes are {stored['class_names']}, the model's {names}"
+        return None
+
+    def _load_part(self, state: dict[str, torch.Tensor], prefixes: tuple[str, ...], path: str) -> None:
+        """Copy ``state`` into every model tensor under ``prefixes``: same keys, same shapes, or an error."""
+        model = self.model.state_dict()
+        wanted = {name for name in model if name.startswith(prefixes)}
+        missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+        wrong = sorted(name for name in wanted & set(state) if state[name].shape != model[name].shape)
+        if missing or unexpected or wrong:
+            raise EncoderFileError(f"the decoder in {path} does not fit the model: missing {missing[:4]}, "
+                                   f"unexpected {unexpected[:4]}, wrong shape {wrong[:4]}")
+        with torch.no_grad():
+            for name, v in state.items():
+                model[name].copy_(v)  # state_dict tensors share storage with the parameters and buffers
+
+    def export_encoder(self, path: str) -> None:
+        """Write the encoder file with this network's decoder and head (for ``transfer='full'``)."""
+        rest = {k: v for k, v in self.model.state_dict().items() if not k.startswith("encoder.")}
+        head = {"type": self.hparams.decoder, "num_classes": self.hparams.num_classes,
+                "class_names": self.hparams.class_names}
+        save_encoder(path, self.encoder, self.arch, self.normalization(), self.training_summary(),
+                     self.encoder_source, decoder_state=rest, decoder_meta=head)
+
+    # ----------------------------------------------------------------------------- normalisation
+    def normalization(self) -> dict[str, Any] | None:
+        """The inputs' normalisation, recorded in the encoder file this task writes."""
+        return self.encoder_normalization if self.normalization_used == "encoder" else super().normalization()
+
+    def _split_normalization(self, split: str) -> tuple[dict[str, Any] | None, str] | None:
+        """The normalisation a split's dataset states and the dataset's name; ``None``: no such split."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return None, "data without a datamodule"
+        if split == "predict":  # the DataModule has no predict set: the training data's normalisation
+            return getattr(dm, "normalization", None), type(dm).__name__
+        ds = getattr(dm, f"{split}_set", None)
+        return (getattr(ds, "normalization", None), type(ds).__name__) if ds is not None else None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.normalization_mode == "dataset" or self.encoder_normalization is None:
+            self.normalization_used = "dataset"
+            return
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("predict",))
+        stated = {split: found for split in splits if (found := self._split_normalization(split)) is not None}
+        unstated = [f"{split} ({name})" for split, (norm, name) in stated.items() if norm is None]
+        path = self.encoder_source.get("path")
+        if unstated and self.normalization_mode == "encoder":
+            raise ValueError(f"normalization='encoder' maps the dataset's normalisation to the one recorded in {path}, "
+                             f"but the dataset of split(s) {', '.join(unstated)} states none (no 'normalization' "
+                             "mean/std attribute); use normalization='dataset'")
+        if unstated:  # auto
+            self.normalization_used = "dataset"
+            rank_zero_info(f"normalization='auto': dataset (split(s) {', '.join(unstated)} state no normalisation)")
+            return
+        self.normalization_used = "encoder"
+        self._input_affine = {split: input_correction(norm, self.encoder_normalization)  # type: ignore[arg-type]
+                              for split, (norm, _) in stated.items()}
+        rank_zero_info(f"normalization={self.normalization_mode!r}: inputs mapped to the encoder file's "
+                       f"normalisation {self.encoder_normalization} (from {path})")
+
+    def _batch_split(self) -> str:
+        t = self._trainer
+        if t is None or t.training:
+            return "train"
+        if t.validating or t.sanity_checking:
+            return "val"
+        return "test" if t.testing else "predict"
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.normalization_used == "encoder" and self._trainer is not None:
+            affine = self._input_affine.get(self._batch_split())
+            if affine is not None and IMAGE in batch:
+                x = batch[IMAGE]  # B x C x H x W, the dataset's normalisation
+                scale, shift = (t.to(x.device, x.dtype).view(1, -1, 1, 1) for t in affine)  # 1 x C x 1 x 1
+                batch[IMAGE] = torch.addcmul(shift, x, scale)  # the encoder file's normalisation
+        return super().on_after_batch_transfer(batch, dataloader_idx)  # channels-last
+
+    # ----------------------------------------------------------------------------- loop
     def train(self, mode: bool = True) -> SegmentationTask:
         """Keep a frozen encoder in eval mode so BatchNorm running statistics never update."""
         super().train(mode)
