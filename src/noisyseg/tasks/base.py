@@ -7,7 +7,6 @@
 * a NaN/Inf loss stops the run with a message naming the step (the last checkpoint stays good);
 * every batch is checked on the CPU before it moves to the device (no device sync): NaN/Inf
   pixels and a band count that differs from the encoder's raise ValueError naming the source;
-* datasets with ``set_epoch`` (random pairings) are told the epoch;
 * at the end of ``fit`` the encoder is written to ``encoder_out`` as an encoder file.
 """
 
@@ -196,12 +195,6 @@ class BaseTask(L.LightningModule):
                 f"{std:.3f} (healthy ~1), effective rank = {rank:.2f} of {min(z.shape)}; lower the learning rate "
                 "or check that the two views differ"
             )
-
-    def on_train_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        ds = getattr(dm, "train_set", None)
-        if hasattr(ds, "set_epoch"):
-            ds.set_epoch(self.current_epoch)
 
     # ----------------------------------------------------------------------------- export
     def training_summary(self) -> dict[str, Any]:
