@@ -41,11 +41,14 @@ def _info_lines():
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # another test may have raised it (e.g. a quiet Trainer)
     logger.addHandler(handler)
     try:
         yield lines
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _rest(task: SegmentationTask) -> dict[str, torch.Tensor]:
