@@ -9,7 +9,7 @@ pool's noisy labels, 300 steps on the few clean crops.
 
 Arms per seed (``downstream`` names match the study's): ``random/finetune`` (random init, few
 clean crops); ``supervised/finetune`` (the whole noisy-label network fine-tuned: same classes);
-``supervised/finetune_encoder`` (its encoder + a fresh decoder); ``supervised/no_finetune`` (the
+``supervised/finetune_encoder`` (its encoder + a fresh decoder); ``supervised/pretrained`` (the
 noisy-label network as it is). Scores: test crops of held-out tiles against clean masks.
 
     python benchmarks/buildings_plain_loop.py --variant quick --seeds 0 1 2
@@ -121,7 +121,7 @@ def run_seed(spec, seed: int) -> list[dict]:
     score("random", "finetune", model)
     pre = unet()
     train(pre, xp, yp, PRETRAIN_STEPS, g)
-    score("supervised", "no_finetune", pre)
+    score("supervised", "pretrained", pre)
     full = unet()
     full.load_state_dict(pre.state_dict())
     train(full, xf, yf, FINETUNE_STEPS, g)

@@ -59,7 +59,7 @@ class DenseContrastTask(BaseTask):
         encoder_out: str | None = None,
         method: str | None = None,
         lr_schedule: str = "warmup_cosine",
-    ) -> None:
+    ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         super().__init__(
             arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method or f"dense-{mode}",
             lr_schedule,

@@ -96,7 +96,7 @@ class MoCoTask(BaseTask):
         encoder_out: str | None = None,
         method: str | None = None,
         lr_schedule: str = "warmup_cosine",
-    ) -> None:
+    ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         method = method or ("moco" if false_negative == "none" else f"false-{false_negative}")
         super().__init__(
             arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule

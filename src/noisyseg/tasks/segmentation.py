@@ -188,7 +188,7 @@ class SegmentationTask(BaseTask):
         lr_schedule: str = "warmup_cosine",
         transfer: str = "auto",
         normalization: str = "auto",
-    ) -> None:
+    ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         super().__init__(
             arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
         )
