@@ -85,17 +85,95 @@ def import_class(class_path: str):
     raise ValueError(f"class_path {class_path!r}: module {module!r} has no {name!r}")
 
 
-def instantiate(node: Any) -> Any:
-    """Build objects from ``{class_path, init_args}`` nodes, recursively (as LightningCLI does)."""
+def allowed_kinds() -> tuple[type, ...]:
+    """Base classes a config's ``class_path`` may name (besides noisyseg's own classes).
+
+    Datasets, data modules, tasks, networks / losses / transforms (``torch.nn.Module``) and the
+    Lightning parts a ``trainer:`` section names (callbacks, loggers, strategies, accelerators,
+    profilers, plugins). A function or builtin (``os.system``, ``builtins.eval``) or any other
+    class (``subprocess.Popen``) is refused, as LightningCLI refuses it for ``noisyseg fit``.
+    """
+    import lightning.pytorch as pl
+    import torch
+    from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+
+    return (torch.utils.data.Dataset, torch.utils.data.Sampler, torch.nn.Module, pl.LightningDataModule,
+            pl.LightningModule, pl.Callback, pl.loggers.Logger, pl.strategies.Strategy, pl.accelerators.Accelerator,
+            pl.profilers.Profiler, pl.plugins.Precision, CheckpointIO, ClusterEnvironment)
+
+
+def check_class(class_path: str, expected: tuple[type, ...] | None = None) -> type:
+    """Import ``class_path`` and check it names a class of an allowed kind; nothing is called.
+
+    Args:
+        class_path: dotted ``module.Class``.
+        expected: base classes it must subclass; default :func:`allowed_kinds`. Classes defined in
+            noisyseg's own modules are accepted too.
+
+    Raises:
+        ValueError: naming the class path and what it is, when it is not such a class.
+    """
+    obj = import_class(class_path)
+    kinds = allowed_kinds() if expected is None else expected
+    if isinstance(obj, type):
+        # the defining module, not the path: `noisyseg.data.raster.Path` is pathlib's Path
+        own = expected is None and (obj.__module__ == "noisyseg" or obj.__module__.startswith("noisyseg."))
+        if own or issubclass(obj, kinds):
+            return obj
+    what = f"class {obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else \
+        f"{'function' if callable(obj) else type(obj).__name__} " \
+        f"{getattr(obj, '__module__', None) or '?'}.{getattr(obj, '__qualname__', class_path)}"
+    names = ", ".join(k.__name__ for k in kinds) + ("" if expected else " or a noisyseg class")
+    raise ValueError(f"class_path {class_path!r} is refused: it names a {what}, not a subclass of {names}")
+
+
+def check_classes(node: Any, expected: tuple[type, ...] | None = None) -> None:
+    """:func:`check_class` on every ``class_path`` in ``node``, nested ones included.
+
+    ``expected`` applies to ``node`` itself when it is a ``{class_path, init_args}`` node; nested
+    nodes must be of :func:`allowed_kinds` or noisyseg classes.
+
+    Raises:
+        ValueError: naming the first refused class path.
+    """
+    if isinstance(node, dict) and "class_path" in node:
+        check_class(node["class_path"], expected)
+        check_classes(node.get("init_args") or {})
+    elif isinstance(node, dict):
+        for v in node.values():
+            check_classes(v)
+    elif isinstance(node, list):
+        for v in node:
+            check_classes(v)
+
+
+def instantiate(node: Any, expected: tuple[type, ...] | None = None) -> Any:
+    """Build objects from ``{class_path, init_args}`` nodes, recursively (as LightningCLI does).
+
+    Every class path in ``node`` is checked (:func:`check_classes`) before anything is built, so a
+    config naming ``os.system`` fails without running it.
+
+    Args:
+        node: a config node: a ``{class_path, init_args}`` mapping, a mapping, a list or a value.
+        expected: base classes the root node's class must subclass (see :func:`check_class`).
+
+    Raises:
+        ValueError: a refused or unimportable class path, or init_args its class does not take.
+    """
+    check_classes(node, expected)
+    return _build(node)
+
+
+def _build(node: Any) -> Any:
     if isinstance(node, dict) and "class_path" in node:
         cls = import_class(node["class_path"])
-        kwargs = {k: instantiate(v) for k, v in (node.get("init_args") or {}).items()}
+        kwargs = {k: _build(v) for k, v in (node.get("init_args") or {}).items()}
         try:
             return cls(**kwargs)
         except TypeError as e:
             raise ValueError(f"{node['class_path']}: {e}") from e
     if isinstance(node, dict):
-        return {k: instantiate(v) for k, v in node.items()}
+        return {k: _build(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [instantiate(v) for v in node]
+        return [_build(v) for v in node]
     return node

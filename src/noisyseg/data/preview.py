@@ -44,13 +44,18 @@ class PreviewError(Exception):
 
 # ---------------------------------------------------------------------------------- instantiation
 def instantiate(node: Any) -> Any:
-    """Build objects from nested ``{class_path, init_args}`` dicts (:mod:`noisyseg.config`).
+    """Build a data module or dataset from nested ``{class_path, init_args}`` dicts (:mod:`noisyseg.config`).
 
     Raises:
-        PreviewError: a class path that does not import or init_args it does not take.
+        PreviewError: a class path that does not import, is not a data module / dataset (nested:
+            of :func:`noisyseg.config.allowed_kinds`; checked before anything is built), or
+            init_args it does not take.
     """
+    import lightning.pytorch as pl
+    import torch
+
     try:
-        return config.instantiate(node)
+        return config.instantiate(node, (pl.LightningDataModule, torch.utils.data.Dataset))
     except ValueError as err:
         raise PreviewError(str(err)) from err
 

@@ -17,11 +17,11 @@ from typing import Any
 import lightning as L
 
 from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO
-from noisyseg.config import get_by_path, import_class, instantiate, load_config, set_by_path
+from noisyseg.config import check_classes, get_by_path, import_class, instantiate, load_config, set_by_path
 from noisyseg.checkpoints import atomic_write
 from noisyseg.runtime import resolve_precision
 
-__all__ = ["build_trainer", "get_by_path", "import_class", "instantiate", "load_config", "run_config", "set_by_path"]
+__all__ = ["build_trainer", "check_classes", "get_by_path", "import_class", "instantiate", "load_config", "run_config", "set_by_path"]
 
 
 def build_trainer(trainer_cfg: dict[str, Any], quiet: bool = False) -> L.Trainer:
@@ -56,15 +56,23 @@ def run_config(
 
     Returns:
         ``{"val": {...}, "test": {...}, "seconds": {...}, "model": task, "root": dir}``.
+
+    Raises:
+        ValueError: a missing section, or a class path that is not a task / data module / allowed
+            part (:func:`noisyseg.config.check_classes`), before anything is built.
     """
     cfg = copy.deepcopy(cfg)
     for key in ("model", "data"):
         if key not in cfg:
             raise ValueError(f"config has no {key!r} section")
+    # every class path is checked before anything is built (a config naming os.system runs nothing)
+    check_classes(cfg.get("trainer", {}))
+    check_classes(cfg["model"], (L.LightningModule,))
+    check_classes(cfg["data"], (L.LightningDataModule,))
     L.seed_everything(int(cfg.get("seed_everything", 0)), workers=True, verbose=False)
     trainer = build_trainer(cfg.get("trainer", {}), quiet)
-    model = instantiate(cfg["model"])
-    data = instantiate(cfg["data"])
+    model = instantiate(cfg["model"], (L.LightningModule,))
+    data = instantiate(cfg["data"], (L.LightningDataModule,))
     seconds: dict[str, float] = {}
     for stage in stages:
         t0 = time.perf_counter()

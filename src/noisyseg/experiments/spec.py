@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 
-from noisyseg.experiments.runner import import_class, load_config
+from noisyseg.experiments.runner import check_classes, import_class, load_config
 
 
 class SpecError(ValueError):
@@ -408,7 +408,11 @@ def _build_run(spec, configs, cols, point, seed, default_method) -> RunPlan:
             params[cols[axis]] = value if apply(split_axis(axis)[1], value, "grid") else None
     for dotted, offset in spec.seed_keys.items():
         apply(dotted, seed + offset, "seed_keys")
-    for cfg in [pretrain, *downstream.values()]:
+    for name, cfg in [("pretrain", pretrain), *downstream.items()]:
         if cfg is not None:
             cfg["seed_everything"] = seed
+            try:  # no run starts with a class path run_config would refuse (os.system, ...)
+                check_classes(cfg)
+            except ValueError as e:
+                raise SpecError(f"spec {spec.path}: config {sources[name]}: {e}") from None
     return RunPlan(run_slug(params, seed), seed, params, pretrain, list(downstream.items()), sources)
