@@ -25,9 +25,28 @@ from noisyseg.tasks.base import BaseTask
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+# model arguments that name files the run writes: from the user's config or command only
+OUTPUT_SUFFIXES = ("_out", "_dir")
+
+
 class NoisysegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.precision": auto_precision()})
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's merge of a ``--ckpt_path`` file's ``hyper_parameters`` over the model config,
+        except output paths (``encoder_out``, any ``*_out`` / ``*_dir``): those keep the user's
+        values, so a checkpoint cannot make the run write elsewhere (the merge touches only
+        ``model``; the trainer's ``default_root_dir`` and callbacks are never read from it)."""
+        sub = self.config.get("subcommand")
+        init = self.config.get(f"{sub}.model.init_args") if sub else None
+        keep = {k: v for k, v in vars(init).items() if k.endswith(OUTPUT_SUFFIXES)} if init is not None else {}
+        super()._parse_ckpt_path()
+        init = self.config.get(f"{sub}.model.init_args") if sub else None
+        if init is None:
+            return
+        for key in [k for k in vars(init) if k.endswith(OUTPUT_SUFFIXES)]:
+            init[key] = keep.get(key)  # None (write nothing) where the user's config did not set it
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
