@@ -65,10 +65,11 @@ class MoCoTask(BaseTask):
             many sub-batches separately (:class:`~noisyseg.models.momentum.SplitBatchNorm2d`), so
             the statistics of a key never come from the same sample mix as its query's (MoCo's
             shuffling BN, emulated on one device; under DDP the shuffle crosses processes).
-        false_negative: ``none`` (MoCo), ``reference`` or ``per_anchor`` (FALSE).
+        false_negative: ``none`` (MoCo), or FALSE's FNSD: ``reference`` (the authors' code),
+            ``closest`` (improved) or ``per_anchor`` (see :func:`~noisyseg.losses.detect_false_negatives`).
         alpha: FALSE's FNCC weight in [0, 1].
         fn_threshold: per-anchor FNSD cosine threshold.
-        positive_min: reference-mode least positive cosine.
+        positive_min: reference/closest-mode least positive cosine.
         crop_scale: random-resized-crop area range of the views.
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options.
     """
