@@ -29,6 +29,7 @@ import yaml
 
 from noisyseg.checkpoints import atomic_write
 from noisyseg.experiments.runner import instantiate, run_config
+from noisyseg.runtime import set_threads
 
 CLASS_NAMES = ["stratified", "veined", "matted"]
 
@@ -248,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto", help="auto (bf16 where fast) or 32-true")
     ap.add_argument("--no-moco", action="store_true", help="skip the MoCo arms")
+    ap.add_argument("--threads", type=int, help="torch compute threads (default: OMP_NUM_THREADS, else the "
+                    "physical cores available)")
     args = ap.parse_args(argv)
+    set_threads(args.threads)  # ValueError (exit 2) for a count below 1
     sz = copy.deepcopy(QUICK if args.quick else FULL)
     res = run_demo(Path(args.out), sz, args.seed, args.precision, moco=not args.no_moco)
     print(Path(res["paths"]["report"]).read_text())

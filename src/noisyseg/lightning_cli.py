@@ -3,7 +3,8 @@
 Configs name a task (``model:``) and a :class:`~noisyseg.data.DataModule` (``data:``) by
 ``class_path``; see ``configs/``. Defaults added here: precision chosen for the machine
 (:func:`noisyseg.runtime.auto_precision`), checkpoints in ``<default_root_dir>/checkpoints`` with
-``last.ckpt``, and ``--resume`` as a short form of ``--ckpt_path last``. Checkpoints are written
+``last.ckpt``, ``--resume`` as a short form of ``--ckpt_path last``, and ``--threads N`` (config:
+``threads: N``; default :func:`noisyseg.runtime.default_threads`). Checkpoints are written
 atomically and read weights-only (:class:`~noisyseg.callbacks.SafeCheckpointIO`). A config that
 does not parse (unknown key, wrong type) is one error line and exit 2, not a page of usage.
 """
@@ -12,14 +13,16 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Optional
 
+import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO
 from noisyseg.data.datamodule import DataModule
-from noisyseg.runtime import auto_precision
+from noisyseg.runtime import auto_precision, set_threads
 from noisyseg.tasks.base import BaseTask
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -32,6 +35,18 @@ OUTPUT_SUFFIXES = ("_out", "_dir")
 class NoisysegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.precision": auto_precision()})
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="torch compute threads per process (default: OMP_NUM_THREADS, else the "
+                                 "physical cores available divided by the training processes on this machine)")
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        devices, accelerator = cfg.get("trainer.devices"), cfg.get("trainer.accelerator")
+        # CPU processes of this run on this machine: one per device when DDP runs on the CPU
+        on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+        processes = devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
+        set_threads(cfg.get("threads"), processes)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's merge of a ``--ckpt_path`` file's ``hyper_parameters`` over the model config,

@@ -5,6 +5,8 @@ tensors roughly doubles ResNet training speed over fp32 (oneDNN bf16 kernels); o
 precision (bf16 where supported). Elsewhere fp32. ``precision="32-true"`` forces fp32 everywhere.
 On the CPU, :func:`keep_freed_memory` stops glibc malloc from handing activation-sized blocks back
 to the kernel after every step (set ``NOISYSEG_MALLOC=system`` to leave malloc alone).
+:func:`set_threads` sets torch's compute threads per process (``--threads``); its default,
+:func:`default_threads`, shares the physical cores out over the training processes.
 """
 
 from __future__ import annotations
@@ -78,3 +80,57 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.values())
+
+
+def physical_cores(cpuinfo: str | None = None) -> int:
+    """Physical cores this process may run on: CPU affinity, one per (socket, core) pair.
+
+    Hyper-threads share a core's floating-point units, so a compute thread per logical CPU
+    gains nothing and two processes of that many threads each spin against each other.
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo`` (read when None); where it names no cores
+            (non-Linux), the logical CPUs available are counted instead.
+    """
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    cores = set()
+    for block in cpuinfo.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "processor" in fields and "core id" in fields and int(fields["processor"]) in allowed:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return max(1, len(cores) or len(allowed))
+
+
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def default_threads(processes: int = 1) -> int:
+    """Torch compute threads per process that do not oversubscribe the machine.
+
+    ``OMP_NUM_THREADS`` when set (the user's own choice); otherwise the physical cores available
+    (:func:`physical_cores`) shared out over ``processes`` training processes, at least 1.
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, physical_cores() // max(1, processes))
+
+
+def set_threads(threads: int | None = None, processes: int = 1) -> int:
+    """``torch.set_num_threads`` to ``threads``, or :func:`default_threads` when None; returns it.
+
+    Raises:
+        ValueError: ``threads`` is not a positive integer.
+    """
+    if threads is None:
+        threads = default_threads(processes)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads={threads!r} must be a positive integer (torch compute threads per process)")
+    torch.set_num_threads(threads)
+    return threads

@@ -19,7 +19,7 @@ import lightning as L
 from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO
 from noisyseg.config import check_classes, get_by_path, import_class, instantiate, load_config, set_by_path
 from noisyseg.checkpoints import atomic_write
-from noisyseg.runtime import resolve_precision
+from noisyseg.runtime import resolve_precision, set_threads
 
 __all__ = ["build_trainer", "check_classes", "get_by_path", "import_class", "instantiate", "load_config", "run_config", "set_by_path"]
 
@@ -49,7 +49,8 @@ def run_config(
     """Fit and/or test one config; return its scores and write them to ``metrics.json``.
 
     Args:
-        cfg: a config as in ``configs/`` (``trainer``, ``model``, ``data``, ``seed_everything``).
+        cfg: a config as in ``configs/`` (``trainer``, ``model``, ``data``, ``seed_everything``,
+            optional ``threads``: torch compute threads, left unchanged when absent).
         stages: any of ``fit``, ``validate``, ``test`` in order.
         quiet: no progress bars (sweeps running in parallel).
         ckpt_path: passed to ``fit`` (``"last"`` resumes).
@@ -69,6 +70,8 @@ def run_config(
     check_classes(cfg.get("trainer", {}))
     check_classes(cfg["model"], (L.LightningModule,))
     check_classes(cfg["data"], (L.LightningDataModule,))
+    if cfg.get("threads") is not None:  # the config's `threads:` as for `noisyseg fit`; else left as set
+        set_threads(cfg["threads"])
     L.seed_everything(int(cfg.get("seed_everything", 0)), workers=True, verbose=False)
     trainer = build_trainer(cfg.get("trainer", {}), quiet)
     model = instantiate(cfg["model"], (L.LightningModule,))

@@ -35,6 +35,7 @@ from noisyseg.checkpoints import atomic_write
 from noisyseg.experiments.pipeline import CONFIG_FILE, config_record, read_done, resolve_run, run_pipeline
 from noisyseg.experiments.spec import RunPlan, SpecError, SweepSpec, load_spec, plan_runs
 from noisyseg.experiments.table import TABLE, append_rows, runs_in_table
+from noisyseg.runtime import default_threads, set_threads
 
 
 def default_out(spec: SweepSpec) -> Path:
@@ -108,9 +109,13 @@ def partition(plans: list[RunPlan], out: Path, columns: list[str]) -> tuple[list
 
 
 def run_sweep(
-    plans: list[RunPlan], out: Path, jobs: int = 1, quiet: bool = True, progress: bool = True
+    plans: list[RunPlan], out: Path, jobs: int = 1, quiet: bool = True, progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished run of ``plans`` into ``out``.
+
+    ``threads``: torch compute threads per run process (default
+    :func:`noisyseg.runtime.default_threads` of ``jobs``: the physical cores shared out).
 
     Returns:
         ``{"ran": [...], "failed": {run: error}, "skipped": n, "repaired": n, "seconds": s}``.
@@ -133,6 +138,7 @@ def run_sweep(
         bar.update(1)
 
     if jobs <= 1:
+        set_threads(threads)
         for plan in pending:
             try:
                 execute_run(plan, str(out), columns, quiet)
@@ -140,7 +146,7 @@ def run_sweep(
             except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
                 finished(plan.run_id, e)
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = threads or default_threads(jobs)
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as pool:
             futures = {pool.submit(execute_run, p, str(out), columns, True): p.run_id for p in pending}
@@ -186,12 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override after the spec's and the variant's (YAML value), e.g. "
                          "'*.trainer.max_steps=1'; repeatable; part of each run's config")
+    ap.add_argument("--threads", type=int, help="torch compute threads per run process (default: "
+                    "OMP_NUM_THREADS, else the physical cores available divided by --jobs)")
     ap.add_argument("--verbose", action="store_true", help="Lightning progress bars and logs per run")
     ap.add_argument("--no-report", action="store_true", help="do not write <out>/report at the end")
     args = ap.parse_args(argv)
     try:
         if args.jobs < 1:
             raise SpecError(f"--jobs {args.jobs} must be >= 1")
+        if args.threads is not None and args.threads < 1:
+            raise SpecError(f"--threads {args.threads} must be >= 1")
         spec = load_spec(args.spec, args.variant)
         spec.overrides.update(parse_sets(args.set))
         plans = plan_runs(spec)
@@ -204,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_writable(out)
         _record_spec(spec, plans, out)
-        res = run_sweep(plans, out, args.jobs, quiet=not args.verbose)
+        res = run_sweep(plans, out, args.jobs, quiet=not args.verbose, threads=args.threads)
     except (SpecError, ValueError, FileNotFoundError, PermissionError) as e:
         print(f"noisyseg sweep: error: {e}", file=sys.stderr)
         return 2
