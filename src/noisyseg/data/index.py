@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TileIndex", "glob_paths", "path_stem", "encode_paths"]
+__all__ = ["TileIndex", "glob_paths", "pair_by_key", "path_stem", "encode_paths", "wildcard_dirs"]
 
 MANIFEST_VERSION = 2  # 2: ``exclude`` suffixes among the patterns; UTF-8 paths
 _MAGIC = re.compile(r"[*?[]")  # what makes a path component a glob pattern (as in ``glob``)
 
 
-def glob_paths(pattern: str, dirs: bool = False) -> list[str]:
+def glob_paths(pattern: str, dirs: bool = False, skipped: list[str] | None = None) -> list[str]:
     """``sorted(glob.glob(pattern))`` restricted to files (or folders), without a ``stat`` per match.
 
     Same matching as :func:`glob.glob` (non-recursive; names starting with ``.`` only match a
@@ -41,11 +41,17 @@ def glob_paths(pattern: str, dirs: bool = False) -> list[str]:
     Args:
         pattern: glob pattern, e.g. ``/data/images/*/*.tif``.
         dirs: return folders instead of files.
+        skipped: when given (and ``dirs`` is False), the matches that are neither regular files
+            nor folders are appended to it: FIFOs, sockets, devices (a link to ``/dev/zero``),
+            broken links. They are never returned: reading one would block or never end.
     """
     head, tail = os.path.split(pattern)
     if not _MAGIC.search(tail):  # at most one match per parent: check each one directly
         check = os.path.isdir if dirs else os.path.isfile
-        return sorted(p for p in glob.glob(pattern) if check(p))
+        matches = sorted(glob.glob(pattern))
+        if skipped is not None and not dirs:
+            skipped += [p for p in matches if not os.path.isfile(p) and not os.path.isdir(p)]
+        return [p for p in matches if check(p)]
     parents = glob.glob(head) if _MAGIC.search(head) else [head]
     hidden_ok = tail.startswith(".")
     out: list[str] = []
@@ -59,11 +65,16 @@ def glob_paths(pattern: str, dirs: bool = False) -> list[str]:
         for name in fnmatch.filter(entries, tail):
             try:  # d_type from the dirent: a stat only for symlinks (followed, as Path.is_file does)
                 ok = entries[name].is_dir() if dirs else entries[name].is_file()
+                special = not ok and not dirs and not entries[name].is_dir()
             except OSError:
-                ok = False
+                ok, special = False, True
             if ok:
                 out.append(prefix + name)
+            elif special and skipped is not None:
+                skipped.append(prefix + name)
     out.sort()
+    if skipped is not None:
+        skipped.sort()
     return out
 
 
@@ -72,6 +83,69 @@ def path_stem(path: str) -> str:
     name = path.rstrip("/").rsplit("/", 1)[-1]
     i = name.rfind(".")
     return name[:i] if 0 < i < len(name) - 1 else name
+
+
+def wildcard_dirs(path: str, pattern: str) -> tuple[str, ...]:
+    """The folders of ``path`` that the wildcard folders of ``pattern`` matched.
+
+    What tells two files of one stem apart: ``img/region_a/t1.tif`` under ``img/*/*.tif`` gives
+    ``("region_a",)``, and so does ``msk/region_a/t1.tif`` under ``msk/*/*.tif``. Where ``path``
+    has more folders than ``pattern`` (an ``fnmatch`` ``*`` crossed ``/``), every folder below the
+    pattern's leading fixed folders counts.
+    """
+    p_dirs = pattern.strip("/").split("/")[:-1]
+    dirs = path.strip("/").split("/")[:-1]
+    if len(p_dirs) == len(dirs):
+        return tuple(d for d, q in zip(dirs, p_dirs) if _MAGIC.search(q))
+    fixed = next((i for i, q in enumerate(p_dirs) if _MAGIC.search(q)), len(p_dirs))
+    return tuple(dirs[fixed:])
+
+
+def pair_by_key(
+    images: list[str], masks: list[str], mask_suffix: str, image_pattern: str, mask_pattern: str,
+    image_keys: list[str] | None = None,
+) -> list[str | None]:
+    """The mask of each image: the one whose key (stem less ``mask_suffix``) is the image's key.
+
+    A key shared by several masks, or by several images, is resolved by relative path: the mask
+    whose wildcard folders (:func:`wildcard_dirs`) equal the image's. Pairing by key alone would
+    give ``region_a/tile1.tif`` the mask ``region_b/tile1.tif`` (the last listed) without a word.
+
+    Args:
+        images, masks: paths, matched by ``image_pattern`` / ``mask_pattern``.
+        image_keys: the images' keys (default: their stems).
+
+    Returns:
+        ``[N images]`` mask paths, ``None`` for an image without a mask of its key.
+
+    Raises:
+        ValueError: naming the files, when a shared key leaves not exactly one mask in the image's
+            folders.
+    """
+    by_key: dict[str, list[str]] = {}
+    for m in masks:
+        stem = path_stem(m)
+        by_key.setdefault(stem[: -len(mask_suffix)] if mask_suffix and stem.endswith(mask_suffix) else stem, []).append(m)
+    keys = image_keys if image_keys is not None else [path_stem(p) for p in images]
+    images_of: dict[str, list[str]] = {}
+    for p, k in zip(images, keys):
+        images_of.setdefault(k, []).append(p)
+    out: list[str | None] = []
+    for p, k in zip(images, keys):
+        found = by_key.get(k, [])
+        if len(found) <= 1 and len(images_of[k]) == 1:
+            out.append(found[0] if found else None)
+            continue
+        where = wildcard_dirs(p, image_pattern)
+        same = [m for m in found if wildcard_dirs(m, mask_pattern) == where]
+        if len(same) != 1:
+            raise ValueError(
+                f"image {p}: file key {k!r} is ambiguous (images {images_of[k]}, masks {found}) and "
+                f"{len(same)} of those masks lie in the image's subfolders {list(where)}; give each image "
+                f"and its mask the same subfolders under their globs, or list both explicitly"
+            )
+        out.append(same[0])
+    return out
 
 
 def encode_paths(paths: list[str]) -> np.ndarray:
@@ -100,11 +174,15 @@ class TileIndex:
 
     Raises:
         FileNotFoundError: ``root`` is missing, no image matches, or an image has no mask (named).
+        ValueError: a file key shared by several images or masks that their folders do not resolve
+            (:func:`pair_by_key`).
 
     Attributes:
         images, masks: ``[N]`` byte arrays of paths relative to ``root`` (``masks`` is ``None``
             without masks); sorted by image path.
         from_manifest: whether the pairs were read from the manifest rather than walked.
+        skipped: paths matching the patterns that are not regular files (FIFOs, devices, broken
+            links), left out; empty when the pairs come from the manifest.
     """
 
     def __init__(
@@ -122,6 +200,8 @@ class TileIndex:
         self.patterns = {"images": images, "masks": masks, "mask_suffix": mask_suffix,
                          "exclude": [e.lower() for e in exclude]}
         self.from_manifest = False
+        self._special: list[str] = []
+        self.skipped: list[str] = []  # matches of the patterns that are not regular files (walks only)
         cached = self._read_manifest(manifest) if manifest is not None else None
         if cached is not None:
             self.images, self.masks = cached
@@ -147,33 +227,32 @@ class TileIndex:
                     name = f"{rel}/{entry.name}" if rel else entry.name
                     if entry.is_dir(follow_symlinks=False):  # d_type from the dirent: no stat
                         stack.append(name)
-                    else:
-                        files.append(name)
+                    elif entry.is_file(follow_symlinks=False) or (entry.is_symlink() and entry.is_file()):
+                        files.append(name)  # a stat only for links (followed)
+                    else:  # FIFO, socket, device, broken or directory link: never a tile
+                        self._special.append(name)
         return files, dirs
 
     def _pair(self, files: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         exclude = tuple(self.patterns["exclude"])
         if exclude:
             files = [f for f in files if not f.lower().endswith(exclude)]
+        self.skipped = sorted(f for f in self._special if fnmatch.fnmatch(f, self.patterns["images"])
+                              or (self.patterns["masks"] is not None and fnmatch.fnmatch(f, self.patterns["masks"])))
         images = sorted(fnmatch.filter(files, self.patterns["images"]))
         if not images:
             raise FileNotFoundError(f"no file under {self.root} matches images={self.patterns['images']!r}")
         if self.patterns["masks"] is None:
             return encode_paths(images), None
         suffix = self.patterns["mask_suffix"]
-        by_key: dict[str, str] = {}
-        for m in fnmatch.filter(files, self.patterns["masks"]):
-            stem = path_stem(m)
-            by_key[stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem] = m
-        paired = []
-        for img in images:
-            key = path_stem(img)
-            if key not in by_key:
+        masks = sorted(fnmatch.filter(files, self.patterns["masks"]))
+        paired = pair_by_key(images, masks, suffix, self.patterns["images"], self.patterns["masks"])
+        for img, mask in zip(images, paired):
+            if mask is None:
                 raise FileNotFoundError(
                     f"image {self.root / img} has no mask: no file matching {self.patterns['masks']!r} "
-                    f"with key {key!r} (mask_suffix={suffix!r})"
+                    f"with key {path_stem(img)!r} (mask_suffix={suffix!r})"
                 )
-            paired.append(by_key[key])
         return encode_paths(images), encode_paths(paired)
 
     # ----------------------------------------------------------------------------------- manifest

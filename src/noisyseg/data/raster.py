@@ -34,7 +34,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from noisyseg.data.index import TileIndex, encode_paths, glob_paths, path_stem
+from noisyseg.data.index import TileIndex, encode_paths, glob_paths, pair_by_key, path_stem
 from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample
 
 log = logging.getLogger(__name__)
@@ -339,8 +339,12 @@ def find_files(root: Path, pattern: str | list[str], what: str, dirs: bool = Fal
     return [Path(p) for p in find_paths(root, pattern, what, dirs)]
 
 
-def find_paths(root: Path, pattern: str | list[str], what: str, dirs: bool = False) -> list[str]:
+def find_paths(root: Path, pattern: str | list[str], what: str, dirs: bool = False,
+               stats: dict[str, Any] | None = None) -> list[str]:
     """:func:`find_files` as ``str`` paths, listed without a ``stat`` per file (:func:`glob_paths`).
+
+    Matches that are not regular files (a FIFO, a device such as a link to ``/dev/zero``, a broken
+    link) are skipped with a warning that counts them, added to ``stats["not_files_skipped"]``.
 
     Raises:
         FileNotFoundError: the glob matches nothing, or a listed file is missing (named).
@@ -352,7 +356,13 @@ def find_paths(root: Path, pattern: str | list[str], what: str, dirs: bool = Fal
                 raise FileNotFoundError(f"{what} file {p} does not exist")
         return out
     full = str(root / pattern)
-    out = [p for p in glob_paths(full, dirs) if not p.lower().endswith(SIDECAR_SUFFIXES)]  # suffixes hold no '/'
+    special: list[str] = []
+    out = [p for p in glob_paths(full, dirs, special) if not p.lower().endswith(SIDECAR_SUFFIXES)]  # suffixes hold no '/'
+    if special:
+        warnings.warn(f"skipped {len(special)} {what} path(s) matching {full!r} that are not regular files "
+                      f"(FIFO, device, socket or broken link): {special[:5]}", stacklevel=2)
+        if stats is not None:
+            stats["not_files_skipped"] = stats.get("not_files_skipped", 0) + len(special)
     if not out:
         kind = "folders" if dirs else "files"
         raise FileNotFoundError(f"the {what} glob {full!r} matches no {kind}")
@@ -386,7 +396,9 @@ class RasterSegmentation(Dataset):
             per-chip folders instead (``train_features/*``). With ``manifest``, an ``fnmatch``
             pattern relative to ``root`` (see :class:`~noisyseg.data.index.TileIndex`).
         masks: glob or list of mask files (``None``: image-only samples). Paired with images by key
-            (file stem, or chip folder name) after removing ``mask_suffix`` from mask stems; an
+            (file stem, or chip folder name) after removing ``mask_suffix`` from mask stems; a key
+            shared by several files pairs by the folders the globs' wildcards matched
+            (:func:`~noisyseg.data.index.pair_by_key`, ValueError when that is ambiguous too); an
             explicit list of the same length as an explicit image list pairs by position.
         root: folder the globs and paths are relative to.
         mask_suffix: stem suffix of masks (Open Cities ``<tile>_mask.tif``: ``"_mask"``).
@@ -395,6 +407,7 @@ class RasterSegmentation(Dataset):
         patch_size: square patch side; ``None`` yields whole rasters (sizes may then differ).
         overlap: pixels shared by neighbouring patches.
         remap: raw mask value -> class (``{255: 1}`` for {0,255} masks; target ``'ignore'``).
+            Without one, a mask holding only 0 and 255 is warned about once (255 is the ignore index).
         unlabelled: raw mask value of unlabelled pixels (partial labels) -> IGNORE_INDEX.
         nodata: image no-data value overriding the files' own (``None``: use the file's).
         normalize: subtract the per-band mean and divide by the std.
@@ -432,12 +445,14 @@ class RasterSegmentation(Dataset):
 
     Raises:
         FileNotFoundError: a glob matches nothing, or an image has no mask (named).
-        ValueError: bad options, or an image and its mask differ in size (with ``"error"``; from
-            ``__getitem__`` when indexed lazily).
+        ValueError: bad options, an image and its mask differ in size (with ``"error"``; from
+            ``__getitem__`` when indexed lazily), or a file key shared by several images or masks
+            whose folders do not tell which mask is whose (all named).
         OSError: a file cannot be read (named; from ``__getitem__`` when indexed lazily).
 
     Attributes:
         stats: counts of what indexing did (``images``, ``patches``, ``empty_skipped``,
+            ``not_files_skipped`` (glob matches that are FIFOs, devices, broken links),
             ``size_cropped``; lazily indexed, ``size_cropped`` counts the crops made by reads in
             this process, since sizes are unknown at indexing time).
         normalization: ``{"mean": [...], "std": [...]}`` in raw units, or ``None``.
@@ -483,7 +498,9 @@ class RasterSegmentation(Dataset):
         self.patch_size, self.overlap = patch_size, overlap
         self.remap, self.unlabelled = remap, unlabelled
         self.size_mismatch, self.nodata_override = size_mismatch, nodata
-        self.stats: dict[str, Any] = {"images": 0, "patches": 0, "empty_skipped": 0, "size_cropped": 0}
+        self.stats: dict[str, Any] = {"images": 0, "patches": 0, "empty_skipped": 0, "size_cropped": 0,
+                                      "not_files_skipped": 0}
+        self._warned_0_255 = False  # the {0, 255}-mask warning is given once (per loader worker)
 
         # --- pair images with masks (paths only, kept as byte arrays)
         self._bands = list(bands) if bands else None
@@ -545,38 +562,41 @@ class RasterSegmentation(Dataset):
                     f"{masks!r}) and no bands (got {self._bands!r})"
                 )
             index = TileIndex(self.root, images, masks, suffix, manifest=manifest, exclude=SIDECAR_SUFFIXES)
+            if index.skipped:
+                self.stats["not_files_skipped"] += len(index.skipped)
+                warnings.warn(f"skipped {len(index.skipped)} path(s) under {self.root} matching {images!r} or "
+                              f"{masks!r} that are not regular files (FIFO, device, socket or broken link): "
+                              f"{index.skipped[:5]}", stacklevel=2)
             prefix = os.fsencode(str(self.root)) + b"/"
             full = lambda a: None if a is None else np.char.add(prefix, a)  # noqa: E731
             return full(index.images), full(index.masks)
         dirs = self._bands is not None
-        img_paths = find_paths(self.root, images, "image", dirs=dirs)
+        img_paths = find_paths(self.root, images, "image", dirs=dirs, stats=self.stats)
         return encode_paths(img_paths), self._pair_masks(
-            img_paths, masks, suffix, by_position=isinstance(images, list), dirs=dirs
+            img_paths, masks, suffix, by_position=isinstance(images, list), dirs=dirs, images=images
         )
 
     def _pair_masks(
-        self, img_paths: list[str], masks: str | list[str] | None, suffix: str, by_position: bool, dirs: bool
+        self, img_paths: list[str], masks: str | list[str] | None, suffix: str, by_position: bool, dirs: bool,
+        images: str | list[str] = "",
     ) -> np.ndarray | None:
         if masks is None:
             return None
-        mask_paths = find_paths(self.root, masks, "mask")
+        mask_paths = find_paths(self.root, masks, "mask", stats=self.stats)
         if by_position and isinstance(masks, list):
             if len(masks) != len(img_paths):
                 raise ValueError(f"{len(img_paths)} images but {len(masks)} masks were listed")
             return encode_paths(mask_paths)  # explicit lists pair by position
-        by_key: dict[str, str] = {}
-        for m in mask_paths:
-            stem = path_stem(m)
-            by_key[stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem] = m
-        out: list[str] = []
-        for p in img_paths:
-            key = os.path.basename(p.rstrip("/")) if dirs else path_stem(p)
-            if key not in by_key:
+        # a listed file's subfolders count from root (the pattern of a list: "<root>/<name>")
+        pattern = lambda p: str(self.root / (p if isinstance(p, str) else "x"))  # noqa: E731
+        keys = [os.path.basename(p.rstrip("/")) if dirs else path_stem(p) for p in img_paths]
+        out = pair_by_key(img_paths, mask_paths, suffix, pattern(images), pattern(masks), keys)
+        for p, key, m in zip(img_paths, keys, out):
+            if m is None:
                 raise FileNotFoundError(
                     f"image {p} has no mask: no mask file with key {key!r} among {len(mask_paths)} "
                     f"masks matching {masks!r} (mask_suffix={suffix!r})"
                 )
-            out.append(by_key[key])
         return encode_paths(out)
 
     def _read_shapes(self, nodata: float | None) -> np.ndarray:
@@ -764,6 +784,16 @@ class RasterSegmentation(Dataset):
         mask = None
         mask_path = self.masks[i]
         if raw_mask is not None:
+            if not self.remap and self.unlabelled != IGNORE_INDEX and not self._warned_0_255 \
+                    and set(np.unique(raw_mask).tolist()) == {0, IGNORE_INDEX}:
+                # binary masks saved as {0, 255}: every object pixel would be ignored, not learnt
+                self._warned_0_255 = True
+                warnings.warn(
+                    f"mask {mask_path} holds only the values 0 and {IGNORE_INDEX}, and no remap is set: "
+                    f"{IGNORE_INDEX} is the ignore index, so those pixels are ignored, not a class; for "
+                    f"binary {{0, {IGNORE_INDEX}}} masks set remap: {{{IGNORE_INDEX}: 1}} (this warning is given once)",
+                    stacklevel=2,
+                )
             try:
                 mask = remap_mask(raw_mask, self.remap, self.unlabelled)
             except ValueError as err:
