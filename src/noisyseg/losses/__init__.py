@@ -3,6 +3,7 @@
 from noisyseg.losses.dense import CrossImageLoss, WithinImageLoss, downsample_labels
 from noisyseg.losses.dino import DINOLoss
 from noisyseg.losses.infonce import InfoNCELoss, detect_false_negatives
+from noisyseg.losses.ntxent import NTXentLoss
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "CrossImageLoss",
     "DINOLoss",
     "InfoNCELoss",
+    "NTXentLoss",
     "WithinImageLoss",
     "detect_false_negatives",
     "downsample_labels",
