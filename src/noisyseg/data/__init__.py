@@ -4,25 +4,30 @@ from noisyseg.data.datamodule import DataModule
 from noisyseg.data.label_noise import LabelNoise, apply_noise, noise_rate
 from noisyseg.data.sample import IGNORE_INDEX, collate, make_sample
 from noisyseg.data.product_noise import NoisyLabels
+from noisyseg.data.products import PRODUCT_TABLES, ProductLabels
 from noisyseg.data.raster import RasterSegmentation
 from noisyseg.data.splits import ConcatSources, TileSplit
 from noisyseg.data.temporal import BitemporalPairs, LandsatChange, TemporalStacks
+from noisyseg.data.vector import VectorLabels
 from noisyseg.data.vts import VTSPairs, VTSSegmentation
 from noisyseg.data.xbd import XBDPairs, XBDSegmentation
 
 __all__ = [
     "IGNORE_INDEX",
+    "PRODUCT_TABLES",
     "BitemporalPairs",
     "ConcatSources",
     "DataModule",
     "LabelNoise",
     "LandsatChange",
     "NoisyLabels",
+    "ProductLabels",
     "RasterSegmentation",
     "TemporalStacks",
     "TileSplit",
     "VTSPairs",
     "VTSSegmentation",
+    "VectorLabels",
     "XBDPairs",
     "XBDSegmentation",
     "apply_noise",
