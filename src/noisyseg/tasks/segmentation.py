@@ -153,6 +153,10 @@ class SegmentationTask(BaseTask):
             * ``"dataset"`` — the inputs stay as the dataset normalised them;
             * ``"auto"`` — ``encoder`` when ``encoder_path`` records a normalisation and the
               dataset states its own, else ``dataset``. One log line says which.
+        loss: the training loss, e.g. a :mod:`noisyseg.losses.robust` loss (``class_path`` /
+            ``init_args`` in YAML); ``None``: CE + Dice from ``ce_weight``, ``dice_weight`` and
+            ``class_weights``, which must stay at their defaults when ``loss`` is given. A loss with
+            ``set_progress`` gets ``global_step / estimated_stepping_batches`` before each step.
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options (lr, optimizer, lr_schedule,
             encoder_out, ...).
 
@@ -188,11 +192,12 @@ class SegmentationTask(BaseTask):
         lr_schedule: str = "warmup_cosine",
         transfer: str = "auto",
         normalization: str = "auto",
+        loss: nn.Module | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         super().__init__(
             arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["loss"])  # a module in hparams would break weights-only checkpoint reads
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         if isinstance(class_weights, str) and class_weights != "inverse_frequency":
@@ -224,8 +229,15 @@ class SegmentationTask(BaseTask):
         self._input_affine: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # split -> (scale, shift)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
+        if loss is not None and (class_weights is not None or ce_weight != 1.0 or dice_weight != 1.0):
+            raise ValueError(f"ce_weight={ce_weight}, dice_weight={dice_weight} and class_weights={class_weights!r} "
+                             f"configure the built-in CE + Dice, but loss={type(loss).__name__} replaces it: set "
+                             "weights in the loss's init_args (WithDice for Dice) and leave these at their defaults")
+        if loss is not None and getattr(loss, "ignore_index", ignore_index) != ignore_index:
+            raise ValueError(f"loss={type(loss).__name__} skips label {loss.ignore_index} but the task's "
+                             f"ignore_index={ignore_index}: give both the same")
         weights = class_weights if isinstance(class_weights, list) else None
-        self.loss_fn = CEDiceLoss(ce_weight, dice_weight, weights, ignore_index)
+        self.loss_fn = loss if loss is not None else CEDiceLoss(ce_weight, dice_weight, weights, ignore_index)
         self.class_names = class_names or [str(k) for k in range(num_classes)]
         self.ignore_index, self.eval_on_clean = ignore_index, eval_on_clean
         self.augment = SegmentationAugment(preset) if preset != "none" else None
@@ -421,6 +433,9 @@ class SegmentationTask(BaseTask):
         x, y = batch[IMAGE], batch[MASK]  # B x C x H x W, B x H x W
         if self.augment is not None:
             x, y = self.augment(x, y)
+        set_progress = getattr(self.loss_fn, "set_progress", None)  # e.g. SmallLossSelection's ramp
+        if set_progress is not None and self._trainer is not None:
+            set_progress(min(1.0, self.global_step / max(1, self.trainer.estimated_stepping_batches)))
         loss = self.check_finite(self.loss_fn(self(x), y))
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
