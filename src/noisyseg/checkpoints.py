@@ -142,7 +142,8 @@ def read_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         :func:`read_decoder`).
 
     Raises:
-        EncoderFileError: when the file is missing, not safetensors, or has no noisyseg metadata.
+        EncoderFileError: when the file is missing, not safetensors, has no noisyseg metadata, or
+            metadata that :func:`metadata_problem` finds wrong (all naming the file).
     """
     state, meta = _read_file(path)
     return split_state(state, meta)[0], meta
@@ -186,9 +187,46 @@ def _read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         meta = json.loads(header["noisyseg"])
     except json.JSONDecodeError as e:
         raise EncoderFileError(f"encoder file {path} has corrupt metadata JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise EncoderFileError(f"encoder file {path} has invalid metadata: a JSON {type(meta).__name__}, "
+                               "expected an object")
     if meta.get("format") != FORMAT:
         raise EncoderFileError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    problem = metadata_problem(meta)
+    if problem:
+        raise EncoderFileError(f"encoder file {path} has invalid metadata: {problem}")
     return state, meta
+
+
+def metadata_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with an encoder file's metadata object, or None.
+
+    Checked: ``arch`` a non-empty string; ``in_channels`` a positive integer; ``normalization``
+    null or ``{"mean": [...], "std": [...]}`` with ``in_channels`` finite numbers each and every
+    std > 0 (a std of 0 would divide the inputs by zero); ``trained`` / ``source`` objects.
+    """
+    arch, bands = meta.get("arch"), meta.get("in_channels")
+    if not isinstance(arch, str) or not arch:
+        return f"'arch' is {arch!r}; expected an architecture name such as 'resnet18'"
+    if isinstance(bands, bool) or not isinstance(bands, int) or bands < 1:
+        return f"'in_channels' is {bands!r}; expected a positive integer"
+    norm = meta.get("normalization")
+    if norm is not None:
+        if not isinstance(norm, dict) or not {"mean", "std"} <= set(norm):
+            return f"'normalization' is {norm!r}; expected null or {{'mean': [...], 'std': [...]}}"
+        for key in ("mean", "std"):
+            v = norm[key]
+            if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                  and x == x and abs(x) != float("inf") for x in v):
+                return f"normalization {key} is {v!r}; expected a list of finite numbers"
+            if len(v) != bands:
+                return f"normalization {key} has {len(v)} values but in_channels is {bands}"
+        if any(x <= 0 for x in norm["std"]):
+            return f"normalization std {norm['std']} holds values <= 0; every band's std must be > 0"
+    for key in ("trained", "source"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key!r} is {meta[key]!r}; expected an object"
+    return None
 
 
 def load_encoder(encoder: nn.Module, path: str | Path, arch: str) -> dict[str, Any]:
