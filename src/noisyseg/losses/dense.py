@@ -8,6 +8,12 @@ Sec. 3; google-research ``supervised_pixel_contrastive_loss/contrastive_loss.py`
 
 i.e. a supervised contrastive loss over pixels (Khosla et al. 2020) whose denominator holds the
 one positive and the negatives only. Anchors are averaged per image, then images are averaged.
+
+With ``reference=True`` both losses reproduce the reference code's ``compute_contrastive_loss``
+exactly: i is kept among its own positives (its mask is ``labels == labels``), every image counts
+in the batch mean (anchor-less ones as 0), the within-image loss is the sum of the two views'
+losses, each over its own pixels, and the cross-image loss anchors on view 1 of an image and view
+2 of its partner alike, each pixel taking negatives from its own part only.
 """
 
 from __future__ import annotations
@@ -49,13 +55,17 @@ def downsample_labels(mask: Tensor, size: int | tuple[int, int]) -> Tensor:
 class _PixelContrast(nn.Module):
     """Shared arguments and the masked loss core of the two dense losses."""
 
-    def __init__(self, temperature: float = 0.07, ignore_index: int = 255, binarize: bool = False):
+    def __init__(
+        self, temperature: float = 0.07, ignore_index: int = 255, binarize: bool = False,
+        reference: bool = False,
+    ) -> None:
         super().__init__()
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature={temperature} must be a positive finite number")
         self.temperature = float(temperature)
         self.ignore_index = int(ignore_index)
         self.binarize = bool(binarize)
+        self.reference = bool(reference)
 
     def _prepare_views(
         self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor
@@ -115,6 +125,31 @@ class _PixelContrast(nn.Module):
         # With no anchor at all this is 0 with zero gradients, still on the graph (DDP-safe).
         return (image_loss * has_anchor).sum() / has_anchor.sum().clamp(min=1.0)
 
+    def _reference_loss(self, f: Tensor, lab: Tensor, part: Tensor | None = None) -> Tensor:
+        """google-research ``compute_contrastive_loss`` on each image's pixel set, in log space.
+
+        Args:
+            f: ``[B, M, D]`` unit features; every valid pixel is an anchor.
+            lab: ``[B, M]`` labels.
+            part: ``[M]`` ids; a pixel's negatives are those of its own part (the reference's
+                ``same_image_mask``); ``None``: one part.
+        """
+        logits = f @ f.transpose(1, 2) / self.temperature  # [B, M, M] fp32
+        valid = lab != self.ignore_index  # [B, M]
+        pair = valid[:, :, None] & valid[:, None, :]  # [B, M, M] the reference's 1 - ignore_mask
+        same = lab[:, :, None] == lab[:, None, :]  # [B, M, M] diagonal included
+        pos = same & pair  # [B, M, M]: i is its own positive
+        neg = ~same & pair  # [B, M, M]
+        if part is not None:
+            neg = neg & (part[:, None] == part[None, :])  # [B, M, M]
+        neg_lse = torch.logsumexp(torch.where(neg, logits, -math.inf), dim=-1)  # [B, M]
+        per_pos = torch.logaddexp(logits, neg_lse[..., None]) - logits  # [B, M, M] -log ratio
+        n_pos = pos.sum(-1)  # [B, M]
+        anchor_loss = torch.where(pos, per_pos, 0.0).sum(-1) / n_pos.clamp(min=1)  # [B, M]
+        n_anchors = (n_pos > 0).sum(-1)  # [B]
+        image_loss = anchor_loss.sum(-1) / n_anchors.clamp(min=1)  # [B], 0 without anchors
+        return image_loss.mean()  # anchor-less images count as 0, as in the reference
+
 
 class WithinImageLoss(_PixelContrast):
     """Within-image supervised pixel contrastive loss (Zhao et al. 2021).
@@ -123,13 +158,15 @@ class WithinImageLoss(_PixelContrast):
     other pixels of the set with its label, its negatives those with another label. See the module
     docstring for the formula and reference code.
 
-    Deviation: the reference computes the within-image loss on each view separately and sums the
-    two; here both views of an image form one set, so pixels are also contrasted across views.
+    Deviation (unless ``reference``): the reference computes the within-image loss on each view
+    separately and sums the two; here both views of an image form one set, so pixels are also
+    contrasted across views.
 
     Args:
         temperature: softmax temperature (paper: 0.07).
         ignore_index: label of pixels that are neither anchors nor contrasts.
         binarize: map labels > 0 to 1 (background vs building, as the paper does for xBD).
+        reference: the reference code's loss exactly (see the module docstring).
 
     Raises:
         ValueError: non-positive temperature.
@@ -154,6 +191,8 @@ class WithinImageLoss(_PixelContrast):
         """
         with torch.autocast(device_type=features1.device.type, enabled=False):
             f1, l1, f2, l2 = self._prepare_views(features1, features2, labels1, labels2)  # [B, P, D], [B, P]
+            if self.reference:  # each view on its own, summed
+                return self._reference_loss(f1, l1) + self._reference_loss(f2, l2)
             f = torch.cat([f1, f2], dim=1)  # [B, 2P, D]
             lab = torch.cat([l1, l2], dim=1)  # [B, 2P]
             all_cols = torch.ones(f.shape[1], dtype=torch.bool, device=f.device)  # [2P]
@@ -172,18 +211,22 @@ class CrossImageLoss(_PixelContrast):
     other-label pixels as negatives.
 
     Deviations from the reference: the partner is a fixed roll by one (the reference draws a random
-    shuffle, which can pair an image with itself); only the image's own pixels are anchors (the
-    reference also anchors on the partner's pixels, which here are anchors in their own set); the
-    own set holds both views, as in :class:`WithinImageLoss`.
+    shuffle, which can pair an image with itself; kept with ``reference``, so every rank agrees on
+    the partner); only the image's own pixels are anchors (the reference also anchors on the
+    partner's pixels, which here are anchors in their own set); the own set holds both views, as
+    in :class:`WithinImageLoss`. With ``reference`` only the partner rule differs: the set is view
+    1 of the image and view 2 of its partner, all anchors, negatives from the pixel's own part.
 
     Args:
         temperature: softmax temperature (paper: 0.07).
         ignore_index: label of pixels that are neither anchors nor contrasts.
         binarize: map labels > 0 to 1 (background vs building, as the paper does for xBD).
         negatives_from_partner: also use the partner's other-label pixels as negatives.
+        reference: the reference code's loss (see the module docstring), partner rule aside.
 
     Raises:
-        ValueError: non-positive temperature.
+        ValueError: non-positive temperature, or ``reference`` with ``negatives_from_partner``
+            (the reference takes negatives from a pixel's own part only).
     """
 
     def __init__(
@@ -192,8 +235,14 @@ class CrossImageLoss(_PixelContrast):
         ignore_index: int = 255,
         binarize: bool = False,
         negatives_from_partner: bool = False,
+        reference: bool = False,
     ) -> None:
-        super().__init__(temperature, ignore_index, binarize)
+        super().__init__(temperature, ignore_index, binarize, reference)
+        if reference and negatives_from_partner:
+            raise ValueError(
+                "negatives_from_partner=True contradicts reference=True: the reference takes a "
+                "pixel's negatives from its own image only"
+            )
         self.negatives_from_partner = bool(negatives_from_partner)
 
     def forward(
@@ -215,6 +264,11 @@ class CrossImageLoss(_PixelContrast):
                     f"CrossImageLoss needs at least 2 images in the global batch, got {n_global}"
                 )
             partner = (torch.arange(b, device=f1.device) + rank() * b + 1) % n_global  # [B]
+            if self.reference:  # view 1 of the image, view 2 of its partner
+                f = torch.cat([f1, f2_all[partner]], dim=1)  # [B, 2P, D]
+                lab = torch.cat([l1, l2_all[partner]], dim=1)  # [B, 2P]
+                part = torch.arange(2 * p, device=f.device) // p  # [2P] 0: own, 1: partner
+                return self._reference_loss(f, lab, part)
             f = torch.cat([f1, f2, f2_all[partner]], dim=1)  # [B, 3P, D]
             lab = torch.cat([l1, l2, l2_all[partner]], dim=1)  # [B, 3P]
             neg_cols = torch.ones(3 * p, dtype=torch.bool, device=f.device)  # [3P]
