@@ -18,6 +18,7 @@ crops (the study's ``pretrained`` row), seeds paired:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import os
 import sys
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/ab/buildings")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    spec = load_spec(args.spec, args.variant)
+    spec = dataclasses.replace(load_spec(args.spec, args.variant), seeds=list(args.seeds))  # any seed, not only the variant's
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "results.csv"

@@ -21,6 +21,7 @@ noisy-label network as it is). Scores: test crops of held-out tiles against clea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import os
 import time
@@ -59,11 +60,14 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, g: torch.Generator,
-          loss_fn=loss_fn, sample_flips: bool = False) -> None:
+          loss_fn=loss_fn, sample_flips: bool = False, params=None, frozen: torch.nn.Module | None = None) -> None:
     """AdamW at a constant lr, batches drawn with replacement, one horizontal flip per batch
-    (``sample_flips``: one per sample; ``loss_fn`` and it are swapped by ``ab_buildings.py``)."""
+    (``sample_flips``: one per sample; ``loss_fn`` and it are swapped by ``ab_buildings.py``; ``params``
+    (parameters or groups, default all) and ``frozen`` (a part kept in eval mode) by ``ab_finetune.py``)."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    if frozen is not None:
+        frozen.eval()  # BatchNorm keeps its running statistics
+    opt = torch.optim.AdamW(model.parameters() if params is None else params, lr=LR)
     for _ in range(steps):
         i = torch.randint(0, len(x), (BATCH,), generator=g)  # drawn with replacement
         xb, yb = x[i], y[i]
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="default runs/plain/buildings-<variant>")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    spec = load_spec(args.spec, args.variant)
+    spec = dataclasses.replace(load_spec(args.spec, args.variant), seeds=list(args.seeds))  # any seed, not only the variant's
     out = Path(args.out or f"runs/plain/buildings-{args.variant}")
     out.mkdir(parents=True, exist_ok=True)
     table = out / "results.csv"

@@ -151,3 +151,68 @@ def test_training_step_loss_reads_the_queue_before_this_steps_keys(one_thread, p
     others[rows] = False
     assert torch.equal(task.queue.queue[others], queue_before[others])
     assert int(task.queue.ptr) == (ptr + n) % size
+
+
+# ------------------------------------------------------------------------------------- queue sizing
+@pytest.mark.parametrize(("n", "batch", "expected"), [
+    (1000, 32, 480),  # half of 1000 = 500, rounded down to a multiple of 32
+    (1000, 8, 496), (40, 32, 32),  # never below one global batch
+    (10**6, 256, 65536),  # capped (65536 is a multiple of 256)
+    (10**6, 100, 65500),  # the cap rounded down to a multiple of the batch
+    (64, 32, 32),
+])
+def test_default_queue_size_values(n: int, batch: int, expected: int) -> None:
+    assert moco_module.default_queue_size(n, batch) == expected
+    assert moco_module.default_queue_size(1000, 32, cap=100) == 96
+
+
+def fake_trainer(n: int | None, batch: int | None):
+    from types import SimpleNamespace
+
+    train_set = None if n is None else list(range(n))
+    return SimpleNamespace(datamodule=SimpleNamespace(batch_size=batch, train_set=train_set))
+
+
+def test_setup_sizes_a_null_queue_from_the_datamodule() -> None:
+    task = make_task(queue_size=None)
+    assert task.queue is None
+    task._trainer = fake_trainer(200, 8)
+    task.setup("fit")
+    assert tuple(task.queue.queue.shape) == (96, OUT_DIM)  # half of 200 = 100 -> 96, 8 per batch
+    kept = task.queue
+    task.setup("validate")  # a second setup keeps the queue (and its keys)
+    assert task.queue is kept
+
+
+def test_setup_without_a_train_set_or_with_a_bad_batch_raises() -> None:
+    task = make_task(queue_size=None)
+    task._trainer = fake_trainer(None, 8)
+    with pytest.raises(ValueError, match="queue_size is null"):
+        task.setup("fit")
+    task = make_task(queue_size=None)
+    task._trainer = fake_trainer(200, None)
+    with pytest.raises(ValueError, match="queue_size is null"):
+        task.setup("fit")
+    task = make_task(queue_size=4)  # smaller than one batch of keys
+    task._trainer = fake_trainer(200, 8)
+    with pytest.raises(ValueError, match="queue size 4 is smaller than the global batch"):
+        task.setup("fit")
+    task = make_task(queue_size=16)
+    task._trainer = fake_trainer(200, 8)
+    task.setup("fit")
+    assert tuple(task.queue.queue.shape) == (16, OUT_DIM)
+
+
+def test_load_checkpoint_resizes_the_queue_to_the_checkpoints() -> None:
+    task = make_task(queue_size=None)
+    saved = torch.randn(24, OUT_DIM)
+    task.on_load_checkpoint({"state_dict": {"queue.queue": saved}})
+    assert tuple(task.queue.queue.shape) == (24, OUT_DIM)
+    task = make_task(queue_size=16)
+    before = task.queue
+    task.on_load_checkpoint({"state_dict": {"queue.queue": torch.randn(16, OUT_DIM)}})
+    assert task.queue is before  # same shape: the existing queue receives the state
+    task.on_load_checkpoint({"state_dict": {"queue.queue": torch.randn(32, OUT_DIM)}})
+    assert tuple(task.queue.queue.shape) == (32, OUT_DIM)
+    task.on_load_checkpoint({"state_dict": {}})  # a checkpoint without a queue leaves it alone
+    assert tuple(task.queue.queue.shape) == (32, OUT_DIM)

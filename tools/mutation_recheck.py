@@ -1,0 +1,55 @@
+"""Re-run surviving mutants against tests that reach their function only in child processes.
+
+mutmut maps each mutated function to the tests that call it by recording calls in the test
+process; calls made in ``mp.spawn``/subprocess children (the two-process DDP tests) are not
+recorded, so a mutant in a DDP-only branch is run only against the one-process tests, which never
+enter that branch, and survives. The children do run the mutant (mutmut selects it through the
+inherited ``MUTANT_UNDER_TEST`` variable), so this runs the named tests once per such mutant, the
+way mutmut does, and records the outcome in mutmut's own result file (1 killed, 0 survived).
+
+    python tools/mutation_recheck.py 'noisyseg.models.momentum.x_batch_*' tests/models_contrastive/test_momentum.py
+    python tools/mutation_report.py   # the score with the re-checked mutants
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pattern", help="mutant names (fnmatch), e.g. 'noisyseg.models.momentum.x_batch_shuffle*'")
+    ap.add_argument("tests", nargs="+", help="test files or ids, relative to the project root")
+    ap.add_argument("--root", default="mutants", type=Path)
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args(argv)
+    module = ".".join(args.pattern.split(".")[:-1])
+    meta_path = args.root / "src" / (module.replace(".", "/") + ".py.meta")
+    if not meta_path.is_file():
+        raise SystemExit(f"no mutmut result file {meta_path} for pattern {args.pattern!r}")
+    meta = json.loads(meta_path.read_text())
+    codes = meta["exit_code_by_key"]
+    todo = [k for k, v in codes.items() if fnmatch.fnmatch(k, args.pattern) and v in (0, 33)]
+    print(f"{len(todo)} surviving / untested mutants match {args.pattern}")
+    env = {**os.environ, "PYTHONPATH": str((args.root / "src").resolve()), "OMP_NUM_THREADS": "1"}
+    for i, name in enumerate(todo, 1):
+        try:
+            rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args.tests],
+                                cwd=args.root, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True,
+                                timeout=args.timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = 36  # mutmut's timeout code: counted as killed
+        codes[name] = 0 if rc == 0 else (1 if rc != 36 else 36)
+        print(f"[{i}/{len(todo)}] {name}: {'survived' if rc == 0 else 'killed'}", flush=True)
+        meta_path.write_text(json.dumps(meta, indent=4))  # after each: a killed run keeps what it did
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
