@@ -464,8 +464,10 @@ class SegmentationTask(BaseTask):
         self.test_cm.reset()
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, sync_dist=True)
         if self.trainer.is_global_zero:
-            # the CLI's `test` returns nothing to a caller: keep the split's scores on disk
-            text = json.dumps(self.test_scores, indent=2)
+            # the CLI's `test` returns nothing to a caller: keep the split's scores on disk; an
+            # undefined score (NaN: a class absent from truth and prediction) is null, as JSON has no NaN
+            finite = {k: v if v - v == 0 else None for k, v in self.test_scores.items()}  # inf - inf is NaN
+            text = json.dumps(finite, indent=2, allow_nan=False)
             atomic_write(Path(self.trainer.default_root_dir) / "test_metrics.json", lambda t: Path(t).write_text(text))
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
