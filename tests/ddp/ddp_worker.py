@@ -13,7 +13,7 @@ Scenarios (per-rank batch 2, 32 px VTS images, resnet18, 2 optimiser steps):
   :class:`~noisyseg.data.samplers.UnpaddedDistributedSampler`; then ``test`` of rank 0's weights on
   8 images (Lightning's sampler, no padding needed), 9 images (Lightning's sampler pads) and 9
   images (unpadded sampler). Records confusion matrices (local and reduced) and sample indices.
-* ``moco``, ``false_per_anchor``, ``false_reference`` — MoCoTask; records every local key batch
+* ``moco``, ``false_per_anchor``, ``false_closest`` — MoCoTask; records every local key batch
   given to the queue, the queue before and after, and the loss inputs/outputs of each step.
 * ``dino`` — DINOTask; records the teacher outputs and the center before/after each step.
 * ``dense_within``, ``dense_cross`` — DenseContrastTask; records the loss inputs/outputs.
@@ -231,7 +231,7 @@ SCENARIOS = {
     "segmentation": segmentation,
     "moco": lambda out: moco(out, "moco", "none"),
     "false_per_anchor": lambda out: moco(out, "false_per_anchor", "per_anchor"),
-    "false_reference": lambda out: moco(out, "false_reference", "reference"),
+    "false_closest": lambda out: moco(out, "false_closest", "closest"),
     "dino": dino,
     "dense_within": lambda out: dense(out, "within"),
     "dense_cross": lambda out: dense(out, "cross"),

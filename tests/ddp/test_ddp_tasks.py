@@ -33,7 +33,7 @@ from noisyseg.metrics.segmentation import ConfusionMatrix
 from noisyseg.tasks import SegmentationTask
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-SCENARIOS = ["segmentation", "moco", "false_per_anchor", "false_reference", "dino", "dense_within", "dense_cross"]
+SCENARIOS = ["segmentation", "moco", "false_per_anchor", "false_closest", "dino", "dense_within", "dense_cross"]
 WORLD, BATCH, STEPS = 2, 2, 2
 
 
@@ -122,12 +122,12 @@ def test_moco_and_false_loss_equal_the_global_batch_loss(runs: Path, name: str, 
 
 
 @pytest.mark.timeout(300)
-def test_false_reference_selects_one_pair_per_rank(runs: Path) -> None:
-    """FALSE's reference mode picks one (anchor, negative) pair per *process*, as the reference
-    does on its per-GPU similarity matrix: each rank's loss is the loss of its own shard against
-    the shared queue, not a slice of a single global selection."""
-    calls = [r["loss_calls"] for r in load(runs, "false_reference")]
-    loss_fn = InfoNCELoss(0.2, "reference", 1.0, -0.99, -1.0)
+def test_false_closest_selects_one_pair_per_rank(runs: Path) -> None:
+    """FALSE's one-pair selection (``closest``) picks one (anchor, negative) pair per *process*, as
+    the authors' code does on its per-GPU similarity matrix: each rank's loss is the loss of its own
+    shard against the shared queue, not a slice of a single global selection."""
+    calls = [r["loss_calls"] for r in load(runs, "false_closest")]
+    loss_fn = InfoNCELoss(0.2, "closest", 1.0, -0.99, -1.0)
     for step in range(STEPS):
         for c in calls:
             q, k, queue = c[step]["args"]
