@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import lightning as L
@@ -174,14 +175,42 @@ class BaseTask(L.LightningModule):
 
     # ----------------------------------------------------------------------------- health
     def check_finite(self, loss: torch.Tensor, name: str = "loss") -> torch.Tensor:
-        """Stop the run on a NaN/Inf loss, naming the step (Lightning keeps the last checkpoint)."""
+        """Stop the run on a NaN/Inf loss, naming the step and what the last checkpoint holds.
+
+        Lightning writes no checkpoint on an exception, so the newest one is from before the bad
+        step; it is read (:meth:`last_checkpoint_note`) rather than assumed good, since BatchNorm
+        running statistics can overflow steps before the loss does.
+        """
         if not torch.isfinite(loss.detach()).all():
             raise FloatingPointError(
                 f"{name} became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
-                "the run stopped and the last saved checkpoint is the last good one. Lower the learning "
+                f"the run stopped and {self.last_checkpoint_note()}. Lower the learning "
                 "rate, check the input for NaN pixels, or force fp32 with --trainer.precision 32-true"
             )
         return loss
+
+    def last_checkpoint_note(self) -> str:
+        """Whether the newest checkpoint of this run (the last one saved, or the one resumed from) is all finite."""
+        trainer = self._trainer
+        paths = {trainer.ckpt_path} if trainer is not None and isinstance(trainer.ckpt_path, str) else set()
+        for cb in getattr(trainer, "checkpoint_callbacks", []) if trainer is not None else []:
+            paths.add(getattr(cb, "last_model_path", "") or "")  # saved by this process
+        existing = [p for p in paths if p and os.path.isfile(p)]
+        if not existing:
+            return "no checkpoint of this run was saved before it"
+        path = max(existing, key=os.path.getmtime)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            state = ckpt["state_dict"]
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not raised over the NaN
+            return f"the last saved checkpoint {path} cannot be read ({type(e).__name__}), so it is not a good one"
+        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        step = ckpt.get("global_step")
+        if bad:
+            return (f"the last saved checkpoint {path} (global step {step}) is NOT a good one: {len(bad)} tensor(s) "
+                    f"hold NaN/Inf, such as {bad[:3]}; start from an earlier checkpoint or from scratch")
+        return (f"the last saved checkpoint is the last good one ({path}, global step {step}: weights and "
+                "BatchNorm statistics all finite)")
 
     def log_health(self, z: torch.Tensor, every: int = 20) -> None:
         """Log collapse statistics of embeddings ``z [N, D]`` every ``every`` steps; warn on collapse."""
