@@ -11,6 +11,7 @@ does not parse (unknown key, wrong type) is one error line and exit 2, not a pag
 
 from __future__ import annotations
 
+import pickle
 import sys
 import warnings
 from typing import Optional
@@ -20,7 +21,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO
+from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO, load_checkpoint_safely
 from noisyseg.data.datamodule import DataModule
 from noisyseg.runtime import auto_precision, set_threads
 from noisyseg.tasks.base import BaseTask
@@ -52,11 +53,16 @@ class NoisysegCLI(LightningCLI):
         """Lightning's merge of a ``--ckpt_path`` file's ``hyper_parameters`` over the model config,
         except output paths (``encoder_out``, any ``*_out`` / ``*_dir``): those keep the user's
         values, so a checkpoint cannot make the run write elsewhere (the merge touches only
-        ``model``; the trainer's ``default_root_dir`` and callbacks are never read from it)."""
+        ``model``; the trainer's ``default_root_dir`` and callbacks are never read from it). A file
+        that the weights-only load refuses is reported in one line naming it (CheckpointFileError)."""
         sub = self.config.get("subcommand")
         init = self.config.get(f"{sub}.model.init_args") if sub else None
         keep = {k: v for k, v in vars(init).items() if k.endswith(OUTPUT_SUFFIXES)} if init is not None else {}
-        super()._parse_ckpt_path()
+        try:
+            super()._parse_ckpt_path()  # torch.load(weights_only=True) of an existing ckpt_path file
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            load_checkpoint_safely(self.config[sub].get("ckpt_path"))  # the one-line error naming the file
+            raise e
         init = self.config.get(f"{sub}.model.init_args") if sub else None
         if init is None:
             return

@@ -43,3 +43,19 @@ def test_ckpt_hyper_parameters_do_not_choose_encoder_out(run_cli, tmp_path, craf
     assert mine.is_file() == own_out  # the user's encoder_out (or none) is what the run used
     record = (tmp_path / "second" / "config.yaml").read_text()
     assert str(victim) not in record  # nor recorded as the run's setting
+
+
+def test_crafted_explicit_ckpt_path_is_one_line_and_unrun(run_cli, tmp_path, monkeypatch):
+    """An explicit ``--ckpt_path`` file is read for its hyper_parameters before anything else."""
+    from test_untrusted import _Evil
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": _Evil(str(marker))}}, path)
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tmp_path / "run"))
+    code, err = run_cli(["fit", "--config", cfg, "--ckpt_path", path])
+    assert code == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"noisyseg fit: error: checkpoint {path} was refused") and "exec" in line, err
+    assert not marker.exists()
