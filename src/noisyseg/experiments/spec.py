@@ -33,7 +33,8 @@ A spec is a YAML mapping (see ``configs/studies/``)::
 The results table names each grid axis by a short column: ``method`` for ``pretrain``, the last
 component of a dotted key (``r``), the name before ``=`` in ``column=key``, or the label of a
 bundle axis. The report reads the columns ``method``, ``r``, ``p``, ``mere_exposure``, ``alpha``,
-``false_negative`` and ``flip_rate``. Keys of the pretraining config
+``false_negative``, ``flip_rate``, ``drop_rate`` and ``loss`` (a bundle axis named ``loss`` with a
+``ce_dice`` arm: configs/studies/robust_losses.yaml). Keys of the pretraining config
 are left out for a ``null`` (random-init) arm, so such an arm is run once, not once per value.
 
 Every grid point is built and checked before any run starts: a key that a config lacks is an

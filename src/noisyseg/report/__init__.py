@@ -14,6 +14,9 @@ section              needs                       shows
 ``label_noise``      ``flip_rate``               mIoU against pretraining label noise (Liu et al.)
 ``vs_random``        a random-init ``method``    paired difference (same seed) of every arm to random
                      and 2+ seeds                init: mean ± 95 % CI, verdict from the CI
+``robust_losses``    ``loss`` with ``ce_dice``   paired difference (same seed, same noise level) of every
+                     and another loss            loss to CE + Dice per downstream: mean ± 95 % CI, better /
+                                                 worse from the CI, a line per loss over the noise level
 ===================  ==========================  =============================================
 
 Each section states its numbers and, for the paper finding it addresses, one sentence of the
@@ -33,7 +36,8 @@ from typing import Any
 
 from noisyseg.checkpoints import atomic_write
 from noisyseg.report.figures import (
-    Heat, Lines, bar_figure, ci_figure, heat_data, heatmap_figure, line_figure, lines_data, varying,
+    Heat, Lines, bar_figure, ci_figure, heat_data, heatmap_figure, line_figure, lines_data, paired_lines_figure,
+    varying,
 )
 from noisyseg.report.tables import (
     METRICS, Paired, ReportError, Stat, aggregate, ci_verdict, has_axis, is_random, label, load_table,
@@ -283,6 +287,95 @@ def vs_random(rows, out: Path) -> Section | None:
     return sec
 
 
+BASELINE_LOSS = "ce_dice"
+"""The ``loss`` value every other loss is compared with (CE + Dice, ``loss: null``)."""
+
+NOISE_COLUMNS = ("flip_rate", "drop_rate")
+"""Columns that give a run's label-noise level; the first one in the table is ``robust_losses``' x axis."""
+
+
+def better_or_worse(d: Paired) -> str:
+    """``better`` / ``worse`` than the baseline only when the 95 % CI excludes zero, else inconclusive."""
+    v = ci_verdict(d)
+    return {"reproduced": "better", "contradicted": "worse"}.get(v, v)
+
+
+def robust_losses(rows, out: Path) -> Section | None:
+    """Each noise-robust loss minus CE + Dice, paired by seed and noise level: mean ± 95 % CI.
+
+    A run of loss ``L`` is paired with the ``ce_dice`` run of the same seed, the same noise level
+    (the first of :data:`NOISE_COLUMNS` in the table), the same downstream and the same value of
+    every other varying column; runs without a partner are left out (the ``seeds`` column counts
+    the pairs). Verdict from the CI (:func:`better_or_worse`). Writes ``robust_losses.csv`` (every
+    metric) and ``robust_losses_lines.png`` (mIoU: a panel per downstream, a line per loss against
+    the noise level; its data in ``robust_losses_lines.csv``).
+
+    Returns:
+        None when the table has no ``ce_dice`` runs or no other loss.
+    """
+    loss_order = list(dict.fromkeys(r["loss"] for r in rows if r.get("loss") is not None))  # grid order
+    losses = [v for v in loss_order if v != BASELINE_LOSS]
+    if BASELINE_LOSS not in loss_order or not losses:
+        return None
+    noise = next((c for c in NOISE_COLUMNS if has_axis(rows, c, 1)), None)
+    others = varying(rows, exclude=("downstream", "loss", *NOISE_COLUMNS))
+    down_order = list(dict.fromkeys(r["downstream"] for r in rows))
+
+    def setting(r: dict[str, Any]) -> tuple:  # what a pair shares besides the seed
+        return (r["downstream"], r.get(noise) if noise else None, *(r.get(c) for c in others))
+
+    cells: dict[tuple, Paired] = {}  # (metric, loss, downstream, noise level, *others) -> difference
+    for metric in METRICS:
+        sub = [r for r in scored(rows, metric) if r.get("loss") is not None]
+        base = {(r["seed"], *setting(r)): r["value"] for r in sub if r["loss"] == BASELINE_LOSS}
+        diffs: dict[tuple, dict[int, float]] = {}  # (loss, *setting) -> seed -> loss minus ce_dice
+        for r in sub:
+            ref = base.get((r["seed"], *setting(r)))
+            if r["loss"] != BASELINE_LOSS and ref is not None:
+                diffs.setdefault((r["loss"], *setting(r)), {})[r["seed"]] = r["value"] - ref
+        for key, per_seed in diffs.items():
+            cells[(metric, *key)] = paired(list(per_seed.values()))
+    if not cells:
+        return None
+
+    def order(k: tuple) -> tuple:  # metric, downstream, noise level, loss (grid order), others
+        level = k[3]
+        return (METRICS.index(k[0]), down_order.index(k[2]), level is None, level if level is not None else 0,
+                losses.index(k[1]), [str(v) for v in k[4:]])
+
+    keys = sorted(cells, key=order)
+    noise_col = noise or "noise"
+    header = ["metric", "downstream", noise_col, "loss", *others, f"minus {BASELINE_LOSS} (points, 95 % CI)", "seeds",
+              "verdict"]
+    table = [[k[0], k[2], "" if k[3] is None else k[3], k[1], *("" if v is None else v for v in k[4:]), cells[k].pct(),
+              cells[k].n, better_or_worse(cells[k])] for k in keys]
+    write_csv(out / "robust_losses.csv", header, table)
+    sec = Section("robust_losses", f"Noise-robust losses minus {BASELINE_LOSS} (paired, 95 % CI over seeds)")
+    sec.data = cells
+    panels: dict[str, dict[str, list[tuple[Any, Paired]]]] = {}
+    for k in keys:
+        if k[0] == "miou":
+            panel = label({"downstream": k[2], **dict(zip(others, k[4:]))}, ["downstream", *others])
+            panels.setdefault(panel, {}).setdefault(k[1], []).append((k[3], cells[k]))
+    sec.figure = paired_lines_figure(
+        panels, f"mIoU: each loss minus {BASELINE_LOSS} (points, 95 % CI)", noise_col.replace("_", " "),
+        f"mIoU difference to {BASELINE_LOSS} (points)", out / "robust_losses_lines.png") if panels else None
+    sec.lines = [
+        f"Each noise-robust loss minus CE + Dice (`{BASELINE_LOSS}`) in the same seed and at the same "
+        f"{noise_col.replace('_', ' ')}, mean of the per-seed differences ± the half-width of its 95 % "
+        "t-interval. **better** or **worse** only when the interval excludes zero; otherwise **inconclusive**. "
+        f"mIoU below, every metric in `robust_losses.csv`.",
+        "", markdown_table([h for h in header if h != "metric"], [row[1:] for row in table if row[0] == "miou"]), "",
+    ]
+    for loss in losses:
+        mine = [better_or_worse(d) for k, d in cells.items() if k[0] == "miou" and k[1] == loss]
+        if mine:
+            sec.lines.append(f"- {loss}: better in {mine.count('better')}, worse in {mine.count('worse')}, "
+                             f"inconclusive in {len(mine) - mine.count('better') - mine.count('worse')} of "
+                             f"{len(mine)} (downstream, {noise_col.replace('_', ' ')}) settings (mIoU).")
+    return sec
+
+
 def build_report(rows: list[dict[str, Any]], out: Path) -> list[Section]:
     """Every section the table's columns allow, written into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -300,6 +393,8 @@ def build_report(rows: list[dict[str, Any]], out: Path) -> list[Section]:
     if has_axis(rows, "flip_rate"):
         sections.append(label_noise(rows, out))
     if has_axis(rows, "seed") and (sec := vs_random(rows, out)) is not None:
+        sections.append(sec)
+    if has_axis(rows, "loss") and (sec := robust_losses(rows, out)) is not None:
         sections.append(sec)
     return sections
 

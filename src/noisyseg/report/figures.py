@@ -7,6 +7,8 @@
   others; also used for differences (noisy pairs minus mere exposure).
 * :func:`bar_figure` — grouped bars (pretraining method × downstream decoder).
 * :func:`ci_figure` — paired differences with their confidence intervals, zero marked.
+* :func:`paired_lines_figure` — paired differences against a level (label noise), one panel per
+  downstream, one line per arm (loss), confidence intervals as error bars, zero marked.
 """
 
 from __future__ import annotations
@@ -200,4 +202,45 @@ def ci_figure(diffs: dict[str, Paired], xlabel: str, path: Path) -> Path:
     ax.grid(axis="x", alpha=0.3)
     write_csv(path.with_suffix(".csv"), ["arm", "mean", "half_width", "n"],
               [[k, d.mean, d.half_width, d.n] for k, d in diffs.items()])
+    return _save(fig, path)
+
+
+def paired_lines_figure(panels: dict[str, dict[str, list[tuple[Any, Paired]]]], title: str, xlabel: str,
+                        ylabel: str, path: Path) -> Path:
+    """Paired differences against a level: one panel per key, one line per series, CI error bars.
+
+    Args:
+        panels: ``panels[panel][series] = [(level, Paired)]``; the levels of all panels share one
+            axis (evenly spaced, in sorted order, labelled with their values); the lines are set a
+            little apart so that their error bars do not hide each other.
+        title: figure title.
+        xlabel: name of the level axis.
+        ylabel: name of the difference axis.
+        path: the PNG; the data goes to ``path.with_suffix('.csv')``.
+    """
+    levels = values_of([{"x": x} for p in panels.values() for pts in p.values() for x, _ in pts], "x")
+    levels += [None] if any(x is None for p in panels.values() for pts in p.values() for x, _ in pts) else []
+    names = list(dict.fromkeys(n for p in panels.values() for n in p))  # one colour per series in every panel
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.0 * max(1, len(panels)), 4), squeeze=False,
+                             sharey=True, layout="constrained")
+    table = []
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        for name, pts in series.items():
+            i = names.index(name)
+            dodge = 0.08 * (i - (len(names) - 1) / 2)  # series side by side at each level
+            xs = [levels.index(x) + dodge for x, _ in pts]
+            err = [0.0 if math.isinf(d.half_width) else 100 * d.half_width for _, d in pts]  # one seed: no bar
+            ax.errorbar(xs, [100 * d.mean for _, d in pts], yerr=err, marker="o", capsize=3, label=name,
+                        color=f"C{i % 10}")
+            table += [[panel, name, x, d.mean, d.half_width, d.n] for x, d in pts]
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(levels)), ["–" if v is None else str(v) for v in levels])
+        ax.set_xlim(-0.5, len(levels) - 0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    write_csv(path.with_suffix(".csv"), ["panel", "series", "level", "mean", "half_width", "n"], table)
     return _save(fig, path)
