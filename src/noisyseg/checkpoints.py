@@ -33,6 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from noisyseg.runfiles import temp_prefix, write_failed
+
 FORMAT = "noisyseg-encoder"
 VERSION = 1
 
@@ -42,14 +44,29 @@ class EncoderFileError(ValueError):
 
 
 def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``; never a half-written file."""
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path``; never a half-written file.
+
+    The temp file is ``.<name>.<random>.tmp`` beside ``path`` (:data:`noisyseg.runfiles.TEMP_NAME`);
+    it is removed when the write fails, and a later run removes one that a kill left behind.
+
+    Raises:
+        OSError: the write failed (disk full, I/O error), naming ``path`` and the free space
+            (:func:`noisyseg.runfiles.write_failed`), whatever torch or safetensors raised for it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError, SafetensorError) as e:
+            failure = write_failed(path, e)
+            if failure is None:
+                raise
+            Path(tmp).unlink(missing_ok=True)  # first, so that the free space reported is true
+            raise failure from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

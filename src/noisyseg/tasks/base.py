@@ -7,7 +7,8 @@
 * a NaN/Inf loss stops the run with a message naming the step (the last checkpoint stays good);
 * every batch is checked on the CPU before it moves to the device (no device sync): NaN/Inf
   pixels and a band count that differs from the encoder's raise ValueError naming the source;
-* at the end of ``fit`` the encoder is written to ``encoder_out`` as an encoder file.
+* at the end of ``fit`` the encoder is written to ``encoder_out`` as an encoder file; that path is
+  checked when ``fit`` starts (a folder, unwritable, or too little free space fails then).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from noisyseg.checkpoints import save_encoder
 from noisyseg.data.sample import IMAGE, IMAGE2, META
 from noisyseg.distributed import is_dist
 from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
+from noisyseg.runfiles import check_output_file, remove_stale_temp
 from noisyseg.runtime import keep_freed_memory
 
 
@@ -125,6 +127,11 @@ class BaseTask(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults for re-allocated activations (NOISYSEG_MALLOC=system: off)
+        if self.encoder_out and self.trainer.is_global_zero:
+            # fail now, not after the training: the file is written by on_fit_end
+            need = sum(t.numel() * t.element_size() for t in self.encoder.state_dict().values())
+            check_output_file(self.encoder_out, "encoder_out", need)
+            remove_stale_temp(os.path.dirname(os.path.abspath(self.encoder_out)), [os.path.basename(self.encoder_out)])
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # bad input is caught here, on the CPU copy, with a message naming its source: later it
