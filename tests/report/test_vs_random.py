@@ -35,10 +35,20 @@ def test_each_arm_paired_with_random_of_the_same_seed(tmp_path):
     assert pre.mean == pytest.approx((-0.10 + 0.20 - 0.05) / 3) and pre.low < 0 < pre.high
     text = "\n".join(sec.lines)
     assert "random/finetune" in text and "reproduced" in text and "inconclusive" in text
-    assert (tmp_path / "vs_random.csv").is_file() and (tmp_path / "vs_random.png").is_file()
+    assert (tmp_path / "vs_random_ci.png").is_file()
+    table = (tmp_path / "vs_random.csv").read_text().splitlines()  # the verdict table, not the figure's data
+    assert "verdict" in table[0].lower() or any("reproduced" in ln for ln in table[1:])
     # unpaired, the same means would overlap: the seed-to-seed spread (10 points) hides a +5.7 gain
     assert any(s.name == "vs_random" for s in build_report(rows, tmp_path / "r"))
 
 
 def test_paired_pct_text():
     assert Paired(0.032, 0.015, 3).pct() == "+3.2 ± 1.5" and Paired(-0.01, math.inf, 1).pct() == "-1.0 (one seed)"
+
+
+def test_ci_verdict_needs_a_visible_difference():
+    from noisyseg.report.tables import ci_verdict
+
+    assert ci_verdict(Paired(1e-5, 1e-6, 3)).startswith("inconclusive (difference below")
+    assert ci_verdict(Paired(0.02, 0.01, 3)) == "reproduced"
+    assert ci_verdict(Paired(-0.02, 0.01, 3)) == "contradicted"

@@ -277,7 +277,7 @@ def vs_random(rows, out: Path) -> Section | None:
     write_csv(out / "vs_random.csv", header, table)
     sec.data = cells
     miou = {" / ".join(str(v) for v in k[1] if v is not None): d for k, d in cells.items() if k[0] == "miou"}
-    sec.figure = ci_figure(miou, "mIoU difference to random init (points, 95 % CI)", out / "vs_random.png") if miou else None
+    sec.figure = ci_figure(miou, "mIoU difference to random init (points, 95 % CI)", out / "vs_random_ci.png") if miou else None  # its data: vs_random_ci.csv
     sec.lines = [
         "Each arm minus random initialisation in the same seed (same data split, same test crops), mean of the "
         "per-seed differences ± the half-width of its 95 % t-interval. **reproduced** (the arm beats random init) or "

@@ -161,6 +161,8 @@ def ci_verdict(d: Paired, expect_greater: bool = True) -> str:
     """``reproduced`` / ``contradicted`` only when the 95 % CI excludes zero, else ``inconclusive``."""
     if d.n < 2 or d.low <= 0 <= d.high:
         return "inconclusive (95 % CI holds zero)" if d.n >= 2 else "inconclusive (one seed)"
+    if abs(d.mean) < MIN_DIFF:  # a CI can exclude zero around a difference nobody can see (zero spread)
+        return f"inconclusive (difference below {100 * MIN_DIFF:.1f} points)"
     greater = d.low > 0
     return "reproduced" if greater == expect_greater else "contradicted"
 
