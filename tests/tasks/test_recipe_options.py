@@ -377,3 +377,29 @@ def test_normalisation_errors_and_auto_fallback(normalised_file, tmp_path, one_t
                            {"mean": [0.0, 0.0], "std": [1.0, 1.0]}))
     with pytest.raises(ValueError, match="normalisation has 3 bands.*encoder file's has 2"):
         _trainer(1).fit(SegmentationTask(encoder_path=two), datamodule=_vts_data())
+
+
+# ------------------------------------------------------------------------------------- encoder lr
+def test_encoder_lr_factor_gives_the_encoder_its_own_lr(one_thread):
+    task = SegmentationTask(arch="resnet18", num_classes=2, lr=0.01, encoder_lr_factor=0.1, lr_schedule="constant",
+                            augment="none")
+    opt = task.configure_optimizers()["optimizer"]
+    enc = {id(p) for p in task.encoder.parameters()}
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.01])
+    assert {id(p) for p in opt.param_groups[0]["params"]} == enc
+    assert not enc & {id(p) for p in opt.param_groups[1]["params"]}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(task.parameters()))
+    # one fitted step moves encoder weights by ~lr_enc (Adam's first step is lr x sign(gradient))
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    _trainer(1).fit(task, datamodule=_vts_data())
+    step = {id(p): (p.detach() - before[n]).abs().max().item() for n, p in task.named_parameters()}
+    assert max(v for i, v in step.items() if i in enc) == pytest.approx(0.001, rel=0.05)
+    assert max(v for i, v in step.items() if i not in enc) == pytest.approx(0.01, rel=0.05)
+
+
+def test_encoder_lr_factor_one_is_one_group_and_bad_values_raise():
+    task = SegmentationTask(arch="resnet18", num_classes=2)
+    assert len(task.configure_optimizers()["optimizer"].param_groups) == 1
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError, match="encoder_lr_factor"):
+            SegmentationTask(arch="resnet18", num_classes=2, encoder_lr_factor=bad)

@@ -157,6 +157,9 @@ class SegmentationTask(BaseTask):
             ``init_args`` in YAML); ``None``: CE + Dice from ``ce_weight``, ``dice_weight`` and
             ``class_weights``, which must stay at their defaults when ``loss`` is given. A loss with
             ``set_progress`` gets ``global_step / estimated_stepping_batches`` before each step.
+        encoder_lr_factor: the encoder's learning rate as a share of ``lr`` (decoder and head at
+            ``lr``); e.g. ``0.1`` fine-tunes a pretrained encoder gently (see
+            ``benchmarks/ab_finetune.py``). The schedule scales both groups alike.
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options (lr, optimizer, lr_schedule,
             encoder_out, ...).
 
@@ -193,6 +196,7 @@ class SegmentationTask(BaseTask):
         transfer: str = "auto",
         normalization: str = "auto",
         loss: nn.Module | None = None,
+        encoder_lr_factor: float = 1.0,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         super().__init__(
             arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
@@ -229,6 +233,9 @@ class SegmentationTask(BaseTask):
         self._input_affine: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # split -> (scale, shift)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
+        if not encoder_lr_factor > 0:
+            raise ValueError(f"encoder_lr_factor={encoder_lr_factor} must be > 0 (freeze_encoder: true stops its training)")
+        self.encoder_lr_factor = float(encoder_lr_factor)
         if loss is not None and (class_weights is not None or ce_weight != 1.0 or dice_weight != 1.0):
             raise ValueError(f"ce_weight={ce_weight}, dice_weight={dice_weight} and class_weights={class_weights!r} "
                              f"configure the built-in CE + Dice, but loss={type(loss).__name__} replaces it: set "
@@ -473,5 +480,11 @@ class SegmentationTask(BaseTask):
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self(batch[IMAGE]).argmax(1)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+    def trainable_parameters(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.encoder_lr_factor == 1.0:
+            return params
+        enc = {id(p) for p in self.encoder.parameters()}
+        groups = [{"params": [p for p in params if id(p) in enc], "lr": self.lr * self.encoder_lr_factor},
+                  {"params": [p for p in params if id(p) not in enc]}]
+        return [g for g in groups if g["params"]]
