@@ -19,7 +19,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: naming the missing file.
-        ValueError: when the file is not a YAML mapping.
+        ValueError: when the file is not a YAML mapping, or not YAML (naming the line).
     """
     path = Path(path)
     if not path.is_file():
@@ -27,10 +27,25 @@ def load_config(path: str | Path) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+        raise ValueError(yaml_error_message(path, e)) from e
     if not isinstance(cfg, dict):
         raise ValueError(f"config file {path} must hold a mapping, got {type(cfg).__name__}")
     return cfg
+
+
+def yaml_error_message(path: str | Path, err: yaml.YAMLError) -> str:
+    """One line naming the file, line and column of a YAML syntax error, and what was wrong.
+
+    PyYAML's own message spans four lines and names ``<unicode string>`` when given text.
+    """
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    text = f"{problem} ({context})" if context else str(problem)
+    tab = "\\t" in text or "\t" in text
+    hint = "; YAML indents with spaces, never tabs" if tab else ""
+    return f"config file {path} is not valid YAML{where}: {text}{hint}"
 
 
 def get_by_path(cfg: dict, dotted: str) -> Any:

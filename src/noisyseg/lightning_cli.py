@@ -6,7 +6,10 @@ Configs name a task (``model:``) and a :class:`~noisyseg.data.DataModule` (``dat
 ``last.ckpt``, ``--resume`` as a short form of ``--ckpt_path last``, and ``--threads N`` (config:
 ``threads: N``; default :func:`noisyseg.runtime.default_threads`). Checkpoints are written
 atomically and read weights-only (:class:`~noisyseg.callbacks.SafeCheckpointIO`). A config that
-does not parse (unknown key, wrong type) is one error line and exit 2, not a page of usage.
+does not parse (unknown key, wrong type, a YAML syntax error: file and line) is one error line and
+exit 2, not a page of usage; an error raised while a dataset or task is built is that error's own
+message, not jsonargparse's page of Union subtypes; a checkpoint of another model is one line
+naming it and the first differing keys.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import warnings
 from typing import Optional
 
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO, load_checkpoint_safely
+from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO, load_checkpoint_safely, mismatch_error
+from noisyseg.config import yaml_error_message
 from noisyseg.data.datamodule import DataModule
 from noisyseg.runtime import auto_precision, set_threads
 from noisyseg.tasks.base import BaseTask
@@ -60,7 +65,7 @@ class NoisysegCLI(LightningCLI):
         keep = {k: v for k, v in vars(init).items() if k.endswith(OUTPUT_SUFFIXES)} if init is not None else {}
         try:
             super()._parse_ckpt_path()  # torch.load(weights_only=True) of an existing ckpt_path file
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
             load_checkpoint_safely(self.config[sub].get("ckpt_path"))  # the one-line error naming the file
             raise e
         init = self.config.get(f"{sub}.model.init_args") if sub else None
@@ -68,6 +73,15 @@ class NoisysegCLI(LightningCLI):
             return
         for key in [k for k in vars(init) if k.endswith(OUTPUT_SUFFIXES)]:
             init[key] = keep.get(key)  # None (write nothing) where the user's config did not set it
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as e:
+            # torch lists every missing and unexpected key of another model's checkpoint
+            if "Error(s) in loading state_dict" not in str(e) or not self.trainer.ckpt_path:
+                raise
+            raise mismatch_error(self.trainer.ckpt_path, self.model) from None
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -105,10 +119,45 @@ def run_lightning_cli(argv: list[str]) -> int:
                 parser_kwargs={**no_exit, **{c: dict(no_exit) for c in SUBCOMMANDS}},
             )
     except ArgumentError as e:
+        located = _yaml_error(argv) if "Problems parsing config" in str(e) else None
+        if located:
+            print(f"noisyseg {argv[0] if argv else ''}: config error: {located}", file=sys.stderr)
+            return 2
         print(f"noisyseg {argv[0] if argv else ''}: config error: {_short(str(e))}\n"
               f"  (valid options: noisyseg {argv[0] if argv else 'fit'} --help)", file=sys.stderr)
         return 2
+    except ValueError as e:
+        raise _innermost(e) from None
     return 0
+
+
+UNION_WRAPPER = "Does not validate against any of the Union subtypes"
+
+
+def _innermost(err: ValueError) -> BaseException:
+    """The error a dataset or task raised while jsonargparse built it: jsonargparse wraps it once
+    per Union it tried (``DataModule | None``, ``Dataset | None``) with the whole Namespace."""
+    inner: BaseException = err
+    while UNION_WRAPPER in str(inner) and inner.__cause__ is not None:
+        inner = inner.__cause__
+    if inner is err:
+        return err
+    return inner if isinstance(inner, (ValueError, OSError)) else ValueError(f"{type(inner).__name__}: {inner}")
+
+
+def _yaml_error(argv: list[str]) -> str | None:
+    """File and line of a YAML syntax error in the ``--config`` files (jsonargparse drops both)."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            with open(path) as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            return yaml_error_message(path, e)
+        except OSError:
+            continue
+    return None
 
 
 def _short(message: str, max_lines: int = 12) -> str:

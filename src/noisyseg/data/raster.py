@@ -130,14 +130,41 @@ def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
     """Open a raster with rasterio, naming the file when GDAL cannot read it.
 
     Raises:
-        OSError: the file is missing or not a raster GDAL can read.
+        OSError: the file is missing or not a raster GDAL can read, or a PNG file is truncated.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # PNG / BMP have no CRS
-            return rasterio.open(path)
+            src = rasterio.open(path)
     except RasterioIOError as err:
         raise OSError(f"cannot read raster file {path}: {err}") from err
+    if src.driver == "PNG" and not png_complete(path):
+        src.close()
+        raise OSError(f"cannot read raster file {path}: the PNG file is truncated (its final IEND chunk is "
+                      "missing); copy or download it again")
+    return src
+
+
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # length 0, type, CRC of the empty IEND chunk
+PNG_TAIL = 65536  # bytes searched for IEND when the file does not end with it (data after IEND)
+
+
+def png_complete(path: str | os.PathLike) -> bool:
+    """Whether a PNG file holds its final ``IEND`` chunk (``True`` for paths that are not local files).
+
+    GDAL's whole-image PNG read returns uninitialised pixels for a truncated file, without an
+    error, when the image is one block; a truncated file lacks the final chunk.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - len(PNG_IEND)))
+            if f.read() == PNG_IEND:
+                return True
+            f.seek(max(0, size - PNG_TAIL))
+            return PNG_IEND in f.read()
+    except (OSError, TypeError):
+        return True  # a /vsi... path or URL: left to GDAL
 
 
 def read_window(

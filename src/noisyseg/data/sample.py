@@ -106,7 +106,12 @@ def _as_mask(x: np.ndarray | torch.Tensor, image: torch.Tensor, name: str) -> to
 
 
 def collate(samples: list[Sample]) -> Sample:
-    """Stack tensors, keep ``meta`` as a list of dicts (DataLoader ``collate_fn``)."""
+    """Stack tensors, keep ``meta`` as a list of dicts (DataLoader ``collate_fn``).
+
+    Raises:
+        ValueError: samples of one batch differ in size (whole tiles of 406x438 and 406x439 px),
+            naming two of them by ``meta["source"]``.
+    """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     out: Sample = {}
@@ -114,5 +119,19 @@ def collate(samples: list[Sample]) -> Sample:
         if key == META:
             out[META] = [s.get(META, {}) for s in samples]
         else:
-            out[key] = torch.stack([s[key] for s in samples])
+            tensors = [s[key] for s in samples]
+            odd = next((i for i, t in enumerate(tensors) if t.shape != tensors[0].shape), None)
+            if odd is not None:
+                raise ValueError(f"samples of one batch differ in size: {_size_of(samples, 0, key)} but "
+                                 f"{_size_of(samples, odd, key)}; set the dataset's patch_size (equal patches, "
+                                 "smaller tiles padded) or tile_size, or batch_size: 1")
+            out[key] = torch.stack(tensors)
     return out
+
+
+def _size_of(samples: list[Sample], i: int, key: str) -> str:
+    """``'<source> is 406x438 (image [3, 406, 438])'`` for error messages."""
+    meta = samples[i].get(META)
+    source = meta.get("source", meta.get("id")) if isinstance(meta, dict) else None
+    shape = list(samples[i][key].shape)
+    return f"{source if source is not None else f'sample {i}'} is {'x'.join(map(str, shape[-2:]))} ({key} {shape})"
