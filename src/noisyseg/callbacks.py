@@ -94,15 +94,18 @@ class RunCheckpoint(ModelCheckpoint):
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
         super().setup(trainer, pl_module, stage)
-        if stage == "fit" and trainer.is_global_zero:
+        if stage != "fit":
+            return
+        if trainer.is_global_zero:  # the one writer of this folder
             removed = remove_stale_temp(self.dirpath)
             if removed:
                 log.warning("removed %d temp file(s) of interrupted checkpoint writes: %s",
                             len(removed), [p.name for p in removed])
-            last = Path(self.dirpath) / "last.ckpt"
-            need, note = (last.stat().st_size, f"the size of {last.name}") if last.is_file() \
-                else checkpoint_estimate(pl_module)
-            check_output_folder(self.dirpath, f"checkpoint folder {self.dirpath}", need, note)
+        # on every rank, so that all stop together (one rank raising alone leaves the others waiting)
+        last = Path(self.dirpath) / "last.ckpt"
+        need, note = (last.stat().st_size, f"the size of {last.name}") if last.is_file() \
+            else checkpoint_estimate(pl_module)
+        check_output_folder(self.dirpath, f"checkpoint folder {self.dirpath}", need, note)
 
 
 def checkpoint_estimate(pl_module) -> tuple[int, str]:

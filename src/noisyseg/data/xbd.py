@@ -354,6 +354,7 @@ class XBDSegmentation(Dataset):
 
         Raises:
             ValueError: the image size differs from the label's ``metadata`` size.
+            OSError: the image cannot be read (truncated, not an image), naming it.
         """
         def load() -> np.ndarray:
             path = self.paths(image_id)[f"{phase}_image"]
@@ -361,7 +362,7 @@ class XBDSegmentation(Dataset):
                 with Image.open(path) as im:
                     arr = np.asarray(im.convert("RGB")).transpose(2, 0, 1)  # [3, H, W]
             except OSError as err:  # PIL's "image file is truncated" does not name the file
-                raise OSError(f"cannot read xBD image {path}: {err}") from err
+                raise type(err)(f"cannot read xBD image {path}: {err}") from err
             if arr.shape[1:] != self.labels[image_id][phase]["size"]:
                 raise ValueError(f"{path} is {arr.shape[1:]} but its label says {self.labels[image_id][phase]['size']}")
             return arr if self.resample == 1 else resize_image(arr, self._out_size(image_id))

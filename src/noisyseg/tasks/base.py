@@ -127,11 +127,13 @@ class BaseTask(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults for re-allocated activations (NOISYSEG_MALLOC=system: off)
-        if self.encoder_out and self.trainer.is_global_zero:
-            # fail now, not after the training: the file is written by on_fit_end
+        if self.encoder_out:
+            # fail now, not after the training (on_fit_end writes it); on every rank, so all stop together
             need = sum(t.numel() * t.element_size() for t in self.encoder.state_dict().values())
             check_output_file(self.encoder_out, "encoder_out", need)
-            remove_stale_temp(os.path.dirname(os.path.abspath(self.encoder_out)), [os.path.basename(self.encoder_out)])
+            if self.trainer.is_global_zero:  # its one writer: a kill's leftover temp file goes
+                out = os.path.abspath(self.encoder_out)
+                remove_stale_temp(os.path.dirname(out), [os.path.basename(out)])
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # bad input is caught here, on the CPU copy, with a message naming its source: later it
