@@ -375,8 +375,12 @@ def test_normalisation_errors_and_auto_fallback(normalised_file, tmp_path, one_t
     assert any("normalization='auto': dataset" in ln for ln in lines)
     two = str(save_encoder(tmp_path / "two.safetensors", build_encoder("resnet18", 3), "resnet18",
                            {"mean": [0.0, 0.0], "std": [1.0, 1.0]}))
-    with pytest.raises(ValueError, match="normalisation has 3 bands.*encoder file's has 2"):
-        _trainer(1).fit(SegmentationTask(encoder_path=two), datamodule=_vts_data())
+    # a file whose normalisation has another band count than its encoder is refused when read
+    with pytest.raises(ValueError, match="two.safetensors has invalid metadata: normalization mean has 2 values"):
+        SegmentationTask(encoder_path=two)
+    # a consistent 3-band file against a 2-band dataset: the mapping names both band counts
+    with pytest.raises(ValueError, match="normalisation has 2 bands.*encoder file's has 3"):
+        input_correction({"mean": [0.0, 0.0], "std": [1.0, 1.0]}, {"mean": [0.0] * 3, "std": [1.0] * 3})
 
 
 # ------------------------------------------------------------------------------------- encoder lr
