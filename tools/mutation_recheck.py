@@ -8,6 +8,7 @@ inherited ``MUTANT_UNDER_TEST`` variable), so this runs the named tests once per
 way mutmut does, and records the outcome in mutmut's own result file (1 killed, 0 survived).
 
     python tools/mutation_recheck.py 'noisyseg.models.momentum.x_batch_*' tests/models_contrastive/test_momentum.py
+    python tools/mutation_recheck.py 'noisyseg.tasks.base.x__fusable*' tests/tasks/test_base_task.py -k fusable
     python tools/mutation_report.py   # the score with the re-checked mutants
 """
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("tests", nargs="+", help="test files or ids, relative to the project root")
     ap.add_argument("--root", default="mutants", type=Path)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("-k", dest="keyword", help="pytest -k expression: only the tests that reach the function")
     args = ap.parse_args(argv)
     module = ".".join(args.pattern.split(".")[:-1])
     meta_path = args.root / "src" / (module.replace(".", "/") + ".py.meta")
@@ -40,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": str((args.root / "src").resolve()), "OMP_NUM_THREADS": "1"}
     for i, name in enumerate(todo, 1):
         try:
-            rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args.tests],
+            # as mutmut runs a mutant: in mutants/, its src first on the path, the mutant named in the environment
+            rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args.tests,
+                                 *(["-k", args.keyword] if args.keyword else [])],
                                 cwd=args.root, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True,
                                 timeout=args.timeout).returncode
+            if rc == 5:  # pytest collected nothing: a wrong -k, not a killed mutant
+                raise SystemExit(f"no test matched {args.tests} -k {args.keyword!r}")
         except subprocess.TimeoutExpired:
             rc = 36  # mutmut's timeout code: counted as killed
         codes[name] = 0 if rc == 0 else (1 if rc != 36 else 36)
