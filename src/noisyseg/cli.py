@@ -5,6 +5,7 @@
   continues ``fit`` from the last checkpoint of the same run directory.
 * ``demo`` — the end-to-end demonstration (:mod:`noisyseg.demo`).
 * ``data preview`` — what a loader makes of a data config (:mod:`noisyseg.data.preview`).
+* ``data pack`` — a dataset config into LitData shards for streaming (:mod:`noisyseg.data.shards`).
 * ``sweep`` / ``report`` / ``analyze`` — studies (:mod:`noisyseg.experiments`, :mod:`noisyseg.report`,
   :mod:`noisyseg.analysis`).
 * ``export`` — encoder files to smp / timm / torchvision state dicts (:mod:`noisyseg.interop`).
@@ -25,7 +26,7 @@ COMMANDS = {
     "analyze": "noisyseg.analysis:main",
     "export": "noisyseg.interop:main",
 }
-DATA_COMMANDS = {"preview": "noisyseg.data.preview:main"}
+DATA_COMMANDS = {"preview": "noisyseg.data.preview:main", "pack": "noisyseg.data.shards:main"}
 
 USAGE = f"""usage: noisyseg <command> [options]
 
@@ -33,6 +34,7 @@ commands:
   fit | validate | test | predict   train or evaluate from a YAML config (--config FILE); see --help
   demo                              noisy-label and contrastive pretraining vs random init, end to end
   data preview                      summarise and preview a data config
+  data pack CONFIG --out DIR        write a dataset config into LitData shards (StreamingShards reads them)
   sweep                             run a grid of configs x seeds, resumable
   report                            tables and figures from a sweep directory
   analyze                           encoder-vs-decoder noise analysis (Liu et al.)

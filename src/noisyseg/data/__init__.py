@@ -6,6 +6,7 @@ from noisyseg.data.sample import IGNORE_INDEX, collate, make_sample
 from noisyseg.data.product_noise import NoisyLabels
 from noisyseg.data.products import PRODUCT_TABLES, ProductLabels
 from noisyseg.data.raster import RasterSegmentation
+from noisyseg.data.shards import StreamingShards
 from noisyseg.data.splits import ConcatSources, TileSplit
 from noisyseg.data.temporal import BitemporalPairs, LandsatChange, TemporalStacks
 from noisyseg.data.vector import VectorLabels
@@ -23,6 +24,7 @@ __all__ = [
     "NoisyLabels",
     "ProductLabels",
     "RasterSegmentation",
+    "StreamingShards",
     "TemporalStacks",
     "TileSplit",
     "VTSPairs",

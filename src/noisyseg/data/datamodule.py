@@ -106,6 +106,11 @@ class DataModule(L.LightningDataModule):
             raise ValueError(f"no {name} dataset was configured (data.init_args.{name})")
         if len(ds) == 0:  # type: ignore[arg-type]
             raise ValueError(f"the {name} dataset {type(ds).__name__} is empty")
+        if callable(getattr(type(ds), "dataloader", None)):  # a streaming source (StreamingShards) shuffles and splits itself
+            return ds.dataloader(batch_size=self.batch_size if train else self.eval_batch_size,  # type: ignore[attr-defined]
+                                 num_workers=self.num_workers, drop_last=train and self.drop_last, train=train,
+                                 collate_fn=collate, replacement=train and self.replacement,
+                                 num_samples=self.samples_per_epoch if train else None)
         if train:  # order and epoch tags from (seed, epoch); split across DDP ranks by the sampler itself
             sampler = EpochSampler(ds, seed=self.seed, replacement=self.replacement, num_samples=self.samples_per_epoch)
         else:  # under DDP, evaluation splits without padding so every sample is scored exactly once
