@@ -9,6 +9,7 @@ from noisyseg.data.raster import RasterSegmentation
 from noisyseg.data.shards import StreamingShards
 from noisyseg.data.splits import ConcatSources, TileSplit
 from noisyseg.data.temporal import BitemporalPairs, LandsatChange, TemporalStacks
+from noisyseg.data.torchgeo_source import TorchGeoSource
 from noisyseg.data.vector import VectorLabels
 from noisyseg.data.vts import VTSPairs, VTSSegmentation
 from noisyseg.data.xbd import XBDPairs, XBDSegmentation
@@ -27,6 +28,7 @@ __all__ = [
     "StreamingShards",
     "TemporalStacks",
     "TileSplit",
+    "TorchGeoSource",
     "VTSPairs",
     "VTSSegmentation",
     "VectorLabels",

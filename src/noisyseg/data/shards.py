@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         m = pack(dataset, args.out, chunk_bytes=args.chunk_bytes,
                  compression=None if args.compression.lower() == "none" else args.compression,
                  num_workers=args.workers, overwrite=args.overwrite, source=node, progress=not args.no_progress)
-    except (ValueError, OSError, RuntimeError, KeyError, TypeError) as err:
+    except (ValueError, OSError, RuntimeError, KeyError, TypeError, ImportError) as err:
         print(f"noisyseg data pack: error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
     how = "continued, " if m["continued"] else ""
