@@ -18,7 +18,6 @@ import argparse
 import fnmatch
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pattern", help="mutant names (fnmatch), e.g. 'noisyseg.models.momentum.x_batch_shuffle*'")
     ap.add_argument("tests", nargs="+", help="test files or ids, relative to the project root")
     ap.add_argument("--root", default="mutants", type=Path)
-    ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("-k", dest="keyword", help="pytest -k expression: only the tests that reach the function")
     args = ap.parse_args(argv)
     module = ".".join(args.pattern.split(".")[:-1])
@@ -36,24 +34,36 @@ def main(argv: list[str] | None = None) -> int:
     if not meta_path.is_file():
         raise SystemExit(f"no mutmut result file {meta_path} for pattern {args.pattern!r}")
     meta = json.loads(meta_path.read_text())
+    meta_file = meta_path.resolve()  # written after each mutant: a killed run keeps what it did
     codes = meta["exit_code_by_key"]
     todo = [k for k, v in codes.items() if fnmatch.fnmatch(k, args.pattern) and v in (0, 33)]
     print(f"{len(todo)} surviving / untested mutants match {args.pattern}")
-    env = {**os.environ, "PYTHONPATH": str((args.root / "src").resolve()), "OMP_NUM_THREADS": "1"}
+    # as mutmut runs a mutant: in mutants/, its src first on the path, the mutant named in the
+    # environment. The imports are paid once: each mutant runs in a fork of this warmed process.
+    os.chdir(args.root)
+    sys.path.insert(0, str(Path("src").resolve()))
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["PYTHONPATH"] = str(Path("src").resolve())  # spawned DDP children import the mutants too
+    import pytest  # noqa: F401  (imported before forking, with torch and the package)
+    import torch  # noqa: F401
+    import lightning  # noqa: F401
+    import noisyseg.tasks  # noqa: F401  (the tasks pull in models, losses, data)
+    pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *args.tests, *(["-k", args.keyword] if args.keyword else [])]
     for i, name in enumerate(todo, 1):
-        try:
-            # as mutmut runs a mutant: in mutants/, its src first on the path, the mutant named in the environment
-            rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args.tests,
-                                 *(["-k", args.keyword] if args.keyword else [])],
-                                cwd=args.root, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True,
-                                timeout=args.timeout).returncode
-            if rc == 5:  # pytest collected nothing: a wrong -k, not a killed mutant
-                raise SystemExit(f"no test matched {args.tests} -k {args.keyword!r}")
-        except subprocess.TimeoutExpired:
-            rc = 36  # mutmut's timeout code: counted as killed
-        codes[name] = 0 if rc == 0 else (1 if rc != 36 else 36)
+        pid = os.fork()
+        if pid == 0:  # child: run the tests against this mutant, exit with pytest's code
+            os.environ["MUTANT_UNDER_TEST"] = name
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os._exit(int(pytest.main(pytest_args)))
+        _, status = os.waitpid(pid, 0)
+        rc = os.waitstatus_to_exitcode(status)
+        if rc == 5:  # pytest collected nothing: a wrong -k, not a killed mutant
+            raise SystemExit(f"no test matched {args.tests} -k {args.keyword!r}")
+        codes[name] = 0 if rc == 0 else 1
         print(f"[{i}/{len(todo)}] {name}: {'survived' if rc == 0 else 'killed'}", flush=True)
-        meta_path.write_text(json.dumps(meta, indent=4))  # after each: a killed run keeps what it did
+        meta_file.write_text(json.dumps(meta, indent=4))
     return 0
 
 

@@ -123,6 +123,7 @@ def test_batch_sources_names_deduplicates_and_limits() -> None:
     assert batch_sources({"meta": [{"id": "t7"}, 3]}) == "t7, ?"
     assert batch_sources(batch(2)) == "a dataset without meta['source']"
     assert batch_sources({"meta": []}) == "a dataset without meta['source']"
+    assert batch_sources([{"meta": "x"}]) == "a dataset without meta['source']"  # not a dict batch
 
 
 def test_nan_pixels_raise_naming_samples_and_sources() -> None:
