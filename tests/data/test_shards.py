@@ -208,6 +208,8 @@ def test_foreign_files_are_never_deleted(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a pack's"):
         pack(AllKeys(n=2), tmp_path / "p", overwrite=True, progress=False)
     assert (tmp_path / "p" / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="pack writes a local folder"):
+        pack(AllKeys(n=2), "s3://bucket/p", progress=False)
 
 
 def test_cli_packs_a_data_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

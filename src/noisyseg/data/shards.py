@@ -389,6 +389,9 @@ def pack(
     if compression is not None and not str(compression).startswith("zstd"):
         raise ValueError(f"compression={compression!r}; valid: 'zstd', 'zstd:N' (level N) or None")
     workers = min(workers, n)
+    if "://" in str(out):
+        raise ValueError(f"out={out}: pack writes a local folder; copy it to the object store afterwards "
+                         f"(e.g. aws s3 sync DIR s3://bucket/prefix)")
     out = Path(out)
     first = encode_sample(dataset[0], 0)
     keys = sorted(k for k in first if k != INDEX)
