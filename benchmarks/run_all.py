@@ -13,7 +13,7 @@ README.md); ``--threads 2`` measures the whole machine when it is quiet.
 Allocator: both sides of every comparison run with noisyseg's malloc settings (see
 ``common.py``); ``--system-malloc`` runs both with glibc's defaults instead.
 
-Run: ``python benchmarks/run_all.py [--quick] [--only moco|unet|flops|data|memory] [--threads N]
+Run: ``python benchmarks/run_all.py [--quick] [--only moco|unet|flops|data|memory|streaming] [--threads N]
 [--system-malloc]``.
 """
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-BENCHES = ("moco", "unet", "flops", "data", "memory")
+BENCHES = ("moco", "unet", "flops", "data", "memory", "streaming")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         import bench_memory
 
         rows += bench_memory.run(args.quick)
+    if "streaming" in only:  # 100,000 tiles stored three ways (~10 GB each); --quick: 2,000
+        import bench_streaming
+
+        rows += bench_streaming.run(tiles=2_000 if args.quick else 100_000, repeats=args.repeats or 1)
     opts = {**vars(args), "threads": threads, "seconds": round(time.perf_counter() - t0)}
     path = common.write_results(rows, env, opts, args.name)
     print()
