@@ -51,6 +51,23 @@ def _check_cosine(name: str, value: float) -> None:
         raise ValueError(f"{name}={value} is a cosine similarity threshold; valid: [-1, 1]")
 
 
+def check_contrast_args(temperature: float, false_negative: str, alpha: float, threshold: float,
+                        positive_min: float) -> None:
+    """The argument checks InfoNCE and NT-Xent share (temperature, FALSE mode, weight, thresholds).
+
+    Raises:
+        ValueError: naming the value and what is valid.
+    """
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature} must be a positive finite number")
+    if false_negative not in FALSE_NEGATIVE_MODES:
+        raise ValueError(f"false_negative={false_negative!r} is unknown; valid: {FALSE_NEGATIVE_MODES}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} is the FNCC confidence weight; valid: [0, 1]")
+    _check_cosine("threshold", threshold)
+    _check_cosine("positive_min", positive_min)
+
+
 @torch.no_grad()
 def detect_false_negatives(
     pos_sim: Tensor,
@@ -220,16 +237,7 @@ class InfoNCELoss(nn.Module):
         positive_min: float = 0.9,
     ) -> None:
         super().__init__()
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature={temperature} must be a positive finite number")
-        if false_negative not in FALSE_NEGATIVE_MODES:
-            raise ValueError(
-                f"false_negative={false_negative!r} is unknown; valid: {FALSE_NEGATIVE_MODES}"
-            )
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha={alpha} is the FNCC confidence weight; valid: [0, 1]")
-        _check_cosine("threshold", threshold)
-        _check_cosine("positive_min", positive_min)
+        check_contrast_args(temperature, false_negative, alpha, threshold, positive_min)
         self.temperature = float(temperature)
         self.false_negative = false_negative
         self.last_false_negatives = 0

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisyseg.distributed import gather, rank
-from noisyseg.losses.infonce import (
-    FALSE_NEGATIVE_MODES,
-    FalseNegativeMode,
-    _check_cosine,
-    detect_false_negatives,
-    fncc_info_nce,
-)
+from noisyseg.losses.infonce import FalseNegativeMode, check_contrast_args, detect_false_negatives, fncc_info_nce
 
 __all__ = ["NTXentLoss"]
 
@@ -66,16 +59,7 @@ class NTXentLoss(nn.Module):
         positive_min: float = 0.9,
     ) -> None:
         super().__init__()
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature={temperature} must be a positive finite number")
-        if false_negative not in FALSE_NEGATIVE_MODES:
-            raise ValueError(
-                f"false_negative={false_negative!r} is unknown; valid: {FALSE_NEGATIVE_MODES}"
-            )
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha={alpha} is the FNCC confidence weight; valid: [0, 1]")
-        _check_cosine("threshold", threshold)
-        _check_cosine("positive_min", positive_min)
+        check_contrast_args(temperature, false_negative, alpha, threshold, positive_min)
         self.temperature = float(temperature)
         self.false_negative = false_negative
         self.alpha = float(alpha)
