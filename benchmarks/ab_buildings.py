@@ -9,7 +9,9 @@ crops (the study's ``pretrained`` row), seeds paired:
 * ``loss``             the toolkit's ``CEDiceLoss`` (smp Dice) instead of the plain CE + soft Dice;
 * ``model``            the toolkit's ``build_segmentation_model`` (smp UNet + matmul small-map convs);
 * ``flip``             per-sample horizontal flips (the toolkit's ``hflip`` preset) instead of one per batch;
-* ``toolkit``          ``SegmentationTask`` through Lightning with the study's pretraining config.
+* ``toolkit``          ``SegmentationTask`` through Lightning with the study's pretraining config;
+* ``random``, ``toolkit_random``  the yardstick of both: random init fine-tuned on the few clean
+                       crops (300 steps), by the plain loop and by the toolkit's fine-tuning config.
 
     python benchmarks/ab_buildings.py --arms plain loss model --seeds 0 1 2
     # -> runs/ab/buildings/results.csv, paired differences to `plain` printed
@@ -33,13 +35,29 @@ import buildings_plain_loop as plain  # noqa: E402
 from noisyseg.experiments.spec import load_spec, plan_runs  # noqa: E402
 from noisyseg.report.tables import paired  # noqa: E402
 
-ARMS = ("plain", "loss", "model", "flip", "toolkit")
+ARMS = ("plain", "loss", "model", "flip", "toolkit", "random", "toolkit_random")
 
 
 def pretrain_score(arm: str, spec, seed: int) -> float:
     """mIoU on the test crops of the network pretrained 600 steps by ``arm``."""
     plan = next(p for p in plan_runs(spec) if p.seed == seed and p.params["method"] == "supervised")
     os.environ["PL_GLOBAL_SEED"] = str(seed)
+    down = dict(plan.downstream)["finetune"]
+    if arm == "toolkit_random":
+        from noisyseg.experiments.runner import run_config
+
+        cfg = dict(down)
+        cfg["trainer"] = {**cfg["trainer"], "default_root_dir": f"runs/ab/buildings/toolkit_random-{seed}",
+                          "enable_progress_bar": False}
+        cfg["model"] = {**cfg["model"], "init_args": {**cfg["model"]["init_args"], "encoder_path": None}}
+        return float(run_config(cfg, stages=("fit", "test"), quiet=True)["test"]["miou"])
+    if arm == "random":
+        xf, _, yf = plain.tensors(down["data"], "train")
+        xt, _, yt = plain.tensors(down["data"], "test")
+        torch.manual_seed(seed)
+        model = plain.unet()
+        plain.train(model, xf, yf, plain.FINETUNE_STEPS, torch.Generator().manual_seed(seed))
+        return plain.scores(model, xt, yt)["miou"]
     if arm == "toolkit":
         from noisyseg.experiments.runner import run_config
 
@@ -49,7 +67,6 @@ def pretrain_score(arm: str, spec, seed: int) -> float:
         cfg["model"] = {**cfg["model"], "init_args": {**cfg["model"]["init_args"], "encoder_out": None}}
         return float(run_config(cfg, stages=("fit", "test"), quiet=True)["test"]["miou"])
     xp, yp, _ = plain.tensors(plan.pretrain["data"], "train")
-    down = dict(plan.downstream)["finetune"]
     xt, _, yt = plain.tensors(down["data"], "test")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
