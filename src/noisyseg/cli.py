@@ -6,6 +6,7 @@
 * ``demo`` — the end-to-end demonstration (:mod:`noisyseg.demo`).
 * ``data preview`` — what a loader makes of a data config (:mod:`noisyseg.data.preview`).
 * ``data pack`` — a dataset config into LitData shards for streaming (:mod:`noisyseg.data.shards`).
+* ``data noise-report`` — noisy vs clean labels of a config (:mod:`noisyseg.data.noise_report`).
 * ``sweep`` / ``report`` / ``analyze`` — studies (:mod:`noisyseg.experiments`, :mod:`noisyseg.report`,
   :mod:`noisyseg.analysis`).
 * ``export`` — encoder files to smp / timm / torchvision state dicts (:mod:`noisyseg.interop`).
@@ -26,7 +27,8 @@ COMMANDS = {
     "analyze": "noisyseg.analysis:main",
     "export": "noisyseg.interop:main",
 }
-DATA_COMMANDS = {"preview": "noisyseg.data.preview:main", "pack": "noisyseg.data.shards:main"}
+DATA_COMMANDS = {"preview": "noisyseg.data.preview:main", "pack": "noisyseg.data.shards:main",
+                 "noise-report": "noisyseg.data.noise_report:main"}
 
 USAGE = f"""usage: noisyseg <command> [options]
 
@@ -34,6 +36,7 @@ commands:
   fit | validate | test | predict   train or evaluate from a YAML config (--config FILE); see --help
   demo                              noisy-label and contrastive pretraining vs random init, end to end
   data preview                      summarise and preview a data config
+  data noise-report                 noisy vs clean labels of a config: agreement, per-class scores, confusion
   data pack CONFIG --out DIR        write a dataset config into LitData shards (StreamingShards reads them)
   sweep                             run a grid of configs x seeds, resumable
   report                            tables and figures from a sweep directory
