@@ -1,6 +1,7 @@
 """SegmentationTask: frozen mode leaves the encoder bit-identical; transfer across class sets."""
 
 import lightning as L
+import pytest
 import torch
 
 from noisyseg.checkpoints import read_encoder, save_encoder
@@ -42,3 +43,55 @@ def test_finetune_changes_encoder_and_exports(tmp_path):
     for decoder in ("deeplabv3plus", "pspnet"):
         t = SegmentationTask(decoder=decoder, num_classes=3, encoder_path=str(out))
         assert torch.equal(t.encoder.state_dict()["conv1.weight"], state["conv1.weight"])
+
+
+# ------------------------------------------------------------------------------------- test / predict
+def _by_hand(task, ds, target_key):
+    """Scores from a confusion matrix counted here: argmax of the network against ``target_key``."""
+    from noisyseg.metrics.segmentation import scores_from_confusion
+
+    task.eval()
+    cm = torch.zeros(2, 2, dtype=torch.long)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            s = ds[i]
+            pred = task(s["image"][None]).argmax(1)[0]
+            t = s[target_key]
+            ok = t != 255
+            cm += torch.bincount(t[ok] * 2 + pred[ok], minlength=4).view(2, 2)
+    return scores_from_confusion(cm, task.class_names)
+
+
+def test_test_scores_clean_labels_and_writes_them(tmp_path, one_thread):
+    import json
+
+    task = SegmentationTask(num_classes=2, class_names=["bg", "fg"], augment="none", channels_last=False)
+    ds = VTSSegmentation("test", length=6, size=32, label_noise={"flip_rate": 0.5})  # noisy mask, clean_mask
+    dm = DataModule(train=ds, test=ds, batch_size=3)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, precision="32-true", default_root_dir=str(tmp_path))
+    trainer.fit(task, datamodule=dm)
+    trainer.test(task, datamodule=dm, verbose=False)
+    written = json.loads((tmp_path / "test_metrics.json").read_text())
+    clean, noisy = _by_hand(task, ds, "clean_mask"), _by_hand(task, ds, "mask")
+    assert clean["miou"] != noisy["miou"]  # the two targets tell apart which one was scored
+    for key in ("miou", "iou/fg", "f1", "accuracy"):
+        assert written[key] == pytest.approx(clean[key], abs=1e-6)
+        assert task.test_scores[key] == pytest.approx(clean[key], abs=1e-6)
+    preds = trainer.predict(task, dataloaders=dm.test_dataloader())
+    assert torch.equal(torch.cat(preds), torch.stack([task(ds[i]["image"][None]).argmax(1)[0] for i in range(len(ds))]))
+
+
+def test_inverse_frequency_weights_count_the_training_labels(one_thread):
+    from noisyseg.losses.segmentation import inverse_frequency_weights
+
+    task = SegmentationTask(num_classes=2, class_weights="inverse_frequency", augment="none", channels_last=False)
+    trainer = _fit(task, steps=1)
+    ds = trainer.datamodule.train_set
+    counts = torch.zeros(2, dtype=torch.long)
+    for i in range(len(ds)):
+        m = ds[i]["mask"]
+        counts += torch.bincount(m[m != 255], minlength=2)
+    assert counts.sum() == len(ds) * 32 * 32 and counts.min() > 0
+    assert torch.equal(task._count_classes(), counts)
+    assert torch.allclose(task.loss_fn.class_weights, inverse_frequency_weights(counts))
