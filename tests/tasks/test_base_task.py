@@ -220,3 +220,72 @@ def test_export_encoder_writes_weights_normalisation_and_summary(tmp_path) -> No
     assert torch.equal(state["conv1.weight"], task.encoder.conv1.weight)
     assert meta["normalization"] == norm and meta["arch"] == "resnet18" and meta["in_channels"] == 3
     assert meta["trained"]["method"] == "tiny" and meta["trained"]["steps"] == 7
+
+
+# ------------------------------------------------------------------------------------- edges
+def test_schedule_edges_short_runs() -> None:
+    assert warmup_cosine(0, 10, 1) == 1.0  # one warm-up step reaches the peak at once
+    assert warmup_cosine(1, 1, 0) == pytest.approx(0.0)  # a one-step run decays over that step
+    assert warmup_cosine(2, 2, 1) == pytest.approx(0.0)  # one decay step after one warm-up step
+
+
+def test_configure_optimizers_without_a_trainer_keeps_the_peak_lr() -> None:
+    out = Tiny(lr=0.1, warmup_fraction=0.0).configure_optimizers()
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    for _ in range(2):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # total unknown: factor 1 at every step
+        opt.step()
+        sched.step()
+
+
+def test_batch_sources_edges() -> None:
+    b = batch(5, sources=list("abcde"))
+    assert batch_sources(b, [5]) == ""  # an index equal to the batch size is past its end
+    assert batch_sources({"meta": [{}]}) == "?"  # neither source nor id
+
+
+def test_batch_checks_skip_what_is_not_a_batch_and_check_image2_alone() -> None:
+    task = Tiny()
+    assert task.on_before_batch_transfer([1, 2], 0) == [1, 2]  # not a dict: nothing to check
+    bad = {"image2": torch.full((1, 3, 4, 4), float("nan"))}  # no 'image', only a partner view
+    with pytest.raises(ValueError, match="'image2' holds NaN"):
+        task.on_before_batch_transfer(bad, 0)
+
+
+def test_log_health_edges(monkeypatch) -> None:
+    task = Tiny()
+    logged = []
+    monkeypatch.setattr(task, "log_dict", lambda d, **kw: logged.append(d))
+    step = {"n": 0}
+    monkeypatch.setattr(type(task), "global_step", property(lambda self: step["n"]))
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    task.log_health(z, every=20)  # two embeddings are enough to measure
+    assert len(logged) == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task.log_health(torch.ones(16, 8), every=20)  # collapsed at step 0 (before any update): no warning
+        step["n"] = 20
+        task.log_health(torch.randn(16, 8, generator=torch.Generator().manual_seed(1)), every=20)  # healthy: none
+    step["n"] = 40
+    task.log_health(z)  # the default interval (20 steps) logs at step 40
+    assert len(logged) == 3
+    step["n"] = 1
+    with pytest.warns(UserWarning, match="representation collapse at step 1"):
+        task.log_health(torch.ones(16, 8), every=1)
+
+
+def test_normalization_of_a_datamodule_without_one() -> None:
+    task = Tiny()
+    assert task.normalization() is None  # no trainer
+    task._trainer = SimpleNamespace(datamodule=object())
+    assert task.normalization() is None  # a LightningDataModule that states none
+
+
+def test_export_encoder_records_the_weights_source(tmp_path) -> None:
+    task = Tiny(arch="resnet18")
+    task.encoder_source = {"kind": "file", "path": "pretrained.safetensors"}
+    task.export_encoder(str(tmp_path / "enc.safetensors"))
+    _, meta = read_encoder(tmp_path / "enc.safetensors")
+    assert meta["source"] == {"kind": "file", "path": "pretrained.safetensors"}
