@@ -270,7 +270,7 @@ def test_log_health_edges(monkeypatch) -> None:
         task.log_health(torch.randn(16, 8, generator=torch.Generator().manual_seed(1)), every=20)  # healthy: none
     step["n"] = 40
     task.log_health(z)  # the default interval (20 steps) logs at step 40
-    assert len(logged) == 3
+    assert len(logged) == 4  # steps 0 (twice), 20 and 40
     step["n"] = 1
     with pytest.warns(UserWarning, match="representation collapse at step 1"):
         task.log_health(torch.ones(16, 8), every=1)
