@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from noisyseg.checkpoints import atomic_write
+from noisyseg.checkpoints import atomic_write, read_decoder
 from noisyseg.experiments.runner import run_config
 from noisyseg.experiments.spec import RunPlan
 
@@ -69,6 +69,29 @@ def config_record(plan: RunPlan, resolved: dict[str, Any]) -> str:
 def _decoder(cfg: dict[str, Any]) -> tuple[Any, Any]:
     args = cfg.get("model", {}).get("init_args", {}) or {}
     return args.get("decoder"), args.get("freeze_encoder")
+
+
+def same_run_key(cfg: dict[str, Any]) -> str | None:
+    """What decides a downstream's result, for spotting two downstreams of a run that are one training.
+
+    The config without its output folder, and with ``transfer`` replaced by what it does: nothing
+    for a random start (no ``encoder_path``), ``encoder`` for ``auto`` when the file holds no decoder
+    (a contrastive encoder file). ``None`` (never merged) when the file cannot be read: only runs
+    known to be identical are merged.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.get("trainer", {}).pop("default_root_dir", None)
+    args = (cfg.get("model") or {}).get("init_args") or {}
+    if args.get("encoder_path") is None:
+        args.pop("transfer", None)
+    elif args.get("transfer", "auto") == "auto":
+        try:
+            if read_decoder(args["encoder_path"]) is not None:
+                return json.dumps(cfg, sort_keys=True, default=str)  # auto may mean full: keep as written
+        except Exception:  # noqa: BLE001 - an unreadable file is never merged; its own run will say why
+            return None
+        args["transfer"] = "encoder"
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def _stored(root: Path) -> dict[str, Any] | None:
@@ -119,12 +142,19 @@ def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict
 
     # -- downstream ----------------------------------------------------------------------------
     rows: list[dict[str, Any]] = []
+    trained: dict[str, dict[str, Any]] = {}  # same_run_key -> scores: identical trainings run once
     for name, cfg in resolved["downstream"].items():
+        key = same_run_key(cfg)
+        if key is not None and key in trained:  # e.g. finetune_encoder of a MoCo file == its finetune
+            scored.append((name, cfg, trained[key]))
+            continue
         root = Path(cfg["trainer"]["default_root_dir"])
         stored = _stored(root) if reuse else None
         if stored is None or not stored.get("test"):
             stored = run_config(cfg, stages=("fit", "test"), quiet=quiet)
         scored.append((name, cfg, stored))
+        if key is not None:
+            trained[key] = stored
     for name, cfg, stored in scored:
         seconds = float(sum(stored["seconds"].values())) if name != "pretrained" else 0.0
         decoder, frozen = _decoder(cfg)
