@@ -1,6 +1,7 @@
-"""Re-run surviving mutants against tests that reach their function only in child processes.
+"""Re-run surviving mutants against tests mutmut did not map to them.
 
-mutmut maps each mutated function to the tests that call it by recording calls in the test
+Two cases: tests written after the mutmut run (mutmut's test map is from that run), and tests that
+reach the function only in child processes. mutmut maps each mutated function to the tests that call it by recording calls in the test
 process; calls made in ``mp.spawn``/subprocess children (the two-process DDP tests) are not
 recorded, so a mutant in a DDP-only branch is run only against the one-process tests, which never
 enter that branch, and survives. The children do run the mutant (mutmut selects it through the
