@@ -44,13 +44,13 @@ def pretrain_score(arm: str, spec, seed: int) -> float:
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     down = dict(plan.downstream)["finetune"]
     if arm == "toolkit_random":
-        from noisyseg.experiments.runner import run_config
+        from noisyseg.lightning_cli import run_config
 
         cfg = dict(down)
         cfg["trainer"] = {**cfg["trainer"], "default_root_dir": f"runs/ab/buildings/toolkit_random-{seed}",
                           "enable_progress_bar": False}
         cfg["model"] = {**cfg["model"], "init_args": {**cfg["model"]["init_args"], "encoder_path": None}}
-        return float(run_config(cfg, stages=("fit", "test"), quiet=True)["test"]["miou"])
+        return float(run_config({**cfg, "test_after_fit": True}, quiet=True)["test"]["miou"])
     if arm == "random":
         xf, _, yf = plain.tensors(down["data"], "train")
         xt, _, yt = plain.tensors(down["data"], "test")
@@ -59,21 +59,23 @@ def pretrain_score(arm: str, spec, seed: int) -> float:
         plain.train(model, xf, yf, plain.FINETUNE_STEPS, torch.Generator().manual_seed(seed))
         return plain.scores(model, xt, yt)["miou"]
     if arm == "toolkit":
-        from noisyseg.experiments.runner import run_config
+        from noisyseg.lightning_cli import run_config
 
         cfg = dict(plan.pretrain)
         cfg["trainer"] = {**cfg["trainer"], "default_root_dir": f"runs/ab/buildings/toolkit-{seed}",
                           "enable_progress_bar": False}
         cfg["model"] = {**cfg["model"], "init_args": {**cfg["model"]["init_args"], "encoder_out": None}}
-        return float(run_config(cfg, stages=("fit", "test"), quiet=True)["test"]["miou"])
+        return float(run_config({**cfg, "test_after_fit": True}, quiet=True)["test"]["miou"])
     xp, yp, _ = plain.tensors(plan.pretrain["data"], "train")
     xt, _, yt = plain.tensors(down["data"], "test")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     if arm == "model":
         from noisyseg.models.segmentation import build_segmentation_model
+        from noisyseg.runtime import use_matmul_convs
 
         model = build_segmentation_model("unet", "resnet18", 3, plain.K).to(memory_format=torch.channels_last)
+        use_matmul_convs(model)  # as the toolkit's bf16 CPU training runs it
     else:
         model = plain.unet()
     loss = plain.loss_fn

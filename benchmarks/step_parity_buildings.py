@@ -1,7 +1,7 @@
 """One training step of the toolkit against the same step done by hand: is the Lightning loop the plain loop's math?
 
-The building study's toolkit pretraining (``SegmentationTask`` through ``build_trainer`` and the
-study's resolved config) runs two steps; a callback records the weights and optimiser state before
+The building study's toolkit pretraining (``SegmentationTask`` through ``run_config``, the entry point
+of ``noisyseg fit``, and the study's resolved config) runs two steps; a callback records the weights and optimiser state before
 each step, the augmented batch the task trained on and the weights after. Each step is then
 repeated by hand from the recorded weights on the recorded batch: bf16 autocast forward, the task's
 loss, ``AdamW(lr 1e-3, weight decay 0.01)``, as ``buildings_plain_loop.py`` does. With the task's
@@ -28,18 +28,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import buildings_plain_loop as plain  # noqa: E402
 
-from noisyseg.config import instantiate  # noqa: E402
-from noisyseg.experiments.runner import build_trainer  # noqa: E402
 from noisyseg.experiments.spec import load_spec, plan_runs  # noqa: E402
+from noisyseg.lightning_cli import run_config  # noqa: E402
 
 STEPS = 2
 
 
 class Record(L.Callback):
-    """Weights and optimiser state before, weights, loss and lr after each of the first steps."""
+    """Weights and optimiser state before, weights, loss and lr after each of the first steps, and
+    the batches the task trained on (after its augmentation)."""
 
     def __init__(self) -> None:
         self.before, self.opt_state, self.after, self.loss, self.lr = [], [], [], [], []
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        augment = pl_module.augment
+
+        def recorded(x, y, generator=None):
+            xa, ya = augment(x, y)
+            self.batches.append((xa.clone(), ya.clone()))
+            return xa, ya
+
+        pl_module.augment = recorded
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.before.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
@@ -62,22 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = next(p for p in plan_runs(spec) if p.seed == args.seed and p.params["method"] == "supervised")
     os.environ["PL_GLOBAL_SEED"] = str(args.seed)
     cfg = copy.deepcopy(plan.pretrain)
-    L.seed_everything(args.seed)
-    task = instantiate({**cfg["model"], "init_args": {**cfg["model"]["init_args"], "encoder_out": None}})
-    batches = []
-    augment = task.augment
-
-    def recorded(x, y, generator=None):  # the batch the task trains on, after its augmentation
-        xa, ya = augment(x, y)
-        batches.append((xa.clone(), ya.clone()))
-        return xa, ya
-
-    task.augment = recorded
+    cfg["model"]["init_args"]["encoder_out"] = None
+    cfg["trainer"].update(max_steps=STEPS, logger=False, enable_checkpointing=False,
+                          default_root_dir="runs/ab/step_parity")
     rec = Record()
-    trainer = build_trainer({**cfg["trainer"], "max_steps": STEPS, "logger": False, "enable_checkpointing": False,
-                             "default_root_dir": "runs/ab/step_parity"}, quiet=True)
-    trainer.callbacks.append(rec)  # not through the config: build_trainer copies what it is given
-    trainer.fit(task, datamodule=instantiate(cfg["data"]))
+    task = run_config(cfg, quiet=True, callbacks=(rec,))["model"]
+    trainer, batches = task.trainer, rec.batches
     print(f"toolkit: precision {trainer.precision}, {type(trainer.optimizers[0]).__name__} "
           f"fused={trainer.optimizers[0].defaults['fused']}; by hand: "
           f"{'plain smp UNet' if args.plain_model else 'the task network'}, {'unfused' if args.unfused else 'fused'} AdamW")

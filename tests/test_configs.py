@@ -87,5 +87,5 @@ def test_tiny_twin_through_cli(config, tmp_path, monkeypatch):
         assert main(["test", "--config", str(path)]) == 0
         import json
 
-        scores = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+        scores = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
         assert 0.0 <= scores["accuracy"] <= 1.0 and "miou" in scores

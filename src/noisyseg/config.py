@@ -1,7 +1,9 @@
 """Configs as plain data: YAML files of ``class_path`` / ``init_args`` nodes, dotted keys.
 
-The one place that reads configs and builds objects from them, shared by the in-process runner,
-the sweeps and ``noisyseg data preview`` (LightningCLI parses the same files for ``noisyseg fit``).
+Runs are parsed and built by LightningCLI only (:mod:`noisyseg.lightning_cli`: ``noisyseg fit``
+and its in-process form ``run_config``). This module reads and edits configs as dicts (sweeps, the
+demo), checks their class paths before anything runs (:func:`check_classes`), and builds a single
+dataset or data module for the data commands (``noisyseg data preview`` / ``pack``: :func:`instantiate`).
 """
 
 from __future__ import annotations

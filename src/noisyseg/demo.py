@@ -1,15 +1,18 @@
 """``noisyseg demo``: noisy supervision pretrains a better encoder, end to end, on this CPU.
 
-Stages (each a config dict of the same form as ``configs/``, written to ``<out>/configs``):
+Every training is an ordinary config under ``configs/demo/``, run with the demo's folders and seed
+through :func:`noisyseg.lightning_cli.run_config`, the entry point of ``noisyseg fit``; each run
+folder keeps the ``config.yaml`` it ran (``noisyseg fit --config <out>/<run>/config.yaml``
+repeats it) and the ``results.json`` its scores are read from. Stages:
 
 1. **data** — VTS (Gerard & Sullivan): two texture classes, 20 Voronoi cells per image; the
    pretraining labels have 30 % of their cells flipped to the wrong class.
-2. **pretraining arms** — ``supervised``: UNet-ResNet18 on the noisy labels with CE + Dice
-   (Liu et al.); ``moco-clean`` / ``moco-noisy``: MoCo v2 with clean pairs and with noisy pairs
-   (r = 0.5, p = 0.5). Each writes an encoder file.
+2. **pretraining arms** — ``supervised`` (``supervised_pretrain.yaml``): UNet-ResNet18 on the noisy
+   labels with CE + Dice (Liu et al.); ``moco-clean`` / ``moco-noisy`` (``moco_pretrain.yaml``):
+   MoCo v2 with clean pairs and with noisy pairs (r = 0.5, p = 0.5). Each writes an encoder file.
 3. **downstream** — a *different* class set (3 classes: the noise texture becomes a labelled
    class) with few clean labels; for random initialisation and every encoder file: a frozen-encoder
-   FCN probe and UNet fine-tuning, same seeds.
+   FCN probe (``downstream_probe.yaml``) and UNet fine-tuning (``downstream_finetune.yaml``), same seeds.
 4. **report** — ``report.md`` (arm, mIoU, F1, per-class IoU), ``results.csv`` (tidy rows),
    ``demo.png`` (images, clean and noisy masks, predictions).
 """
@@ -17,200 +20,116 @@ Stages (each a config dict of the same form as ``configs/``, written to ``<out>/
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import io
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import yaml
-
 from noisyseg.checkpoints import atomic_write
-from noisyseg.experiments.runner import instantiate, run_config
+from noisyseg.config import get_by_path, load_config, set_by_path
+from noisyseg.lightning_cli import run_config
 from noisyseg.runtime import set_threads
 
 CLASS_NAMES = ["stratified", "veined", "matted"]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
+
+# pretraining arm -> (config file, run folder, overrides)
+PRETRAIN_ARMS = {
+    "supervised (noisy labels)": ("supervised_pretrain.yaml", "pretrain-supervised", {}),
+    "moco (clean pairs)": ("moco_pretrain.yaml", "pretrain-moco-clean",
+                           {"data.init_args.train.init_args.r": 0.0, "data.init_args.train.init_args.p": 0.5}),
+    "moco (noisy pairs r=.5 p=.5)": ("moco_pretrain.yaml", "pretrain-moco-noisy",
+                                     {"data.init_args.train.init_args.r": 0.5, "data.init_args.train.init_args.p": 0.5}),
+}
+DOWNSTREAM = {"probe": "downstream_probe.yaml", "finetune": "downstream_finetune.yaml"}
+
+# ``--quick``: sizes for tests and smoke checks (seconds per training; not a result)
+_QUICK_RUN = {"trainer.max_epochs": 1, "data.init_args.batch_size": 8, "data.init_args.train.init_args.size": 32}
+_QUICK_DOWN = {**_QUICK_RUN, "data.init_args.train.init_args.length": 8, "data.init_args.test.init_args.length": 8,
+               "data.init_args.test.init_args.size": 32}
+QUICK = {
+    "supervised_pretrain.yaml": {**_QUICK_RUN, "data.init_args.train.init_args.length": 16},
+    "moco_pretrain.yaml": {**_QUICK_RUN, "data.init_args.train.init_args.length": 16},
+    "downstream_probe.yaml": _QUICK_DOWN,
+    "downstream_finetune.yaml": _QUICK_DOWN,
+}
+SEED_KEYS = ("data.init_args.train.init_args.seed", "data.init_args.test.init_args.seed")
 
 
-@dataclass
-class DemoSize:
-    """How big the demo is. ``FULL`` fits in 10 minutes on a 2-core CPU; ``QUICK`` is for tests."""
+def demo_config(file: str, root: Path, seed: int, precision: str, quick: bool,
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``configs/demo`` file set up for one demo run.
 
-    image_size: int
-    pretrain_images: int
-    pretrain_epochs: int
-    moco_images: int
-    moco_epochs: int
-    downstream_train: int
-    downstream_test: int
-    finetune_epochs: int
-    probe_epochs: int
-    batch_size: int
-    moco_batch_size: int
-    flip_rate: float = 0.3
+    Args:
+        file: the file's name in ``configs/demo``.
+        root: the run's folder (``trainer.default_root_dir``; a pretraining's encoder file goes there).
+        seed: ``seed_everything``; added to the files' dataset seeds (written for seed 0).
+        precision: ``auto`` keeps the CLI's choice for this machine; else the Trainer's precision.
+        quick: apply :data:`QUICK`'s sizes.
+        overrides: dotted keys of the file to set last.
 
-
-FULL = DemoSize(96, 1200, 4, 1200, 3, 96, 300, 12, 12, 16, 32)
-QUICK = DemoSize(32, 16, 1, 16, 1, 8, 8, 1, 1, 8, 8)
-
-
-def _vts(split: str, length: int, size: int, seed: int, **kw: Any) -> dict:
-    return {
-        "class_path": "noisyseg.data.VTSSegmentation",
-        "init_args": {"split": split, "length": length, "size": size, "seed": seed, "cache": True, **kw},
-    }
-
-
-def _trainer(root: Path, epochs: int, precision: str) -> dict:
-    return {
-        "max_epochs": epochs,
-        "default_root_dir": str(root),
-        "precision": precision,
-        "log_every_n_steps": 10,
-        "num_sanity_val_steps": 0,
-    }
+    Raises:
+        FileNotFoundError: ``configs/demo`` is not beside the package (a source checkout is needed).
+        KeyError: an override naming a key the file does not have.
+    """
+    cfg = load_config(CONFIGS / file)
+    changes = {**(QUICK[file] if quick else {}), **(overrides or {}),
+               "seed_everything": seed, "trainer.default_root_dir": str(root)}
+    for key in SEED_KEYS:
+        try:
+            changes[key] = get_by_path(cfg, key) + seed
+        except KeyError:
+            continue  # a pretraining config has no test split
+    if "encoder_out" in cfg["model"]["init_args"]:
+        changes["model.init_args.encoder_out"] = str(root / "encoder.safetensors")
+    for key, value in changes.items():
+        set_by_path(cfg, key, value)
+    if precision != "auto":
+        cfg["trainer"]["precision"] = precision
+    return cfg
 
 
-def supervised_pretrain_config(sz: DemoSize, root: Path, seed: int, precision: str) -> dict:
-    """Liu et al.: UNet-ResNet18, CE + Dice, on VTS with ``flip_rate`` of the cells mislabelled."""
-    return {
-        "seed_everything": seed,
-        "trainer": {**_trainer(root, sz.pretrain_epochs, precision), "limit_val_batches": 0},
-        "model": {
-            "class_path": "noisyseg.tasks.SegmentationTask",
-            "init_args": {
-                "decoder": "unet",
-                "arch": "resnet18",
-                "num_classes": 2,
-                "lr": 2e-3,
-                "encoder_out": str(root / "encoder.safetensors"),
-            },
-        },
-        "data": {
-            "class_path": "noisyseg.data.DataModule",
-            "init_args": {
-                "batch_size": sz.batch_size,
-                "train": _vts("train", sz.pretrain_images, sz.image_size, seed, label_noise={"flip_rate": sz.flip_rate}),
-            },
-        },
-    }
+def _setting(pre: dict[str, Any], down: dict[str, Any]) -> SimpleNamespace:
+    """The sizes the report states, read from the configs that ran."""
+    train = pre["data"]["init_args"]["train"]["init_args"]
+    return SimpleNamespace(image_size=train["size"], pretrain_images=train["length"],
+                           flip_rate=train["label_noise"]["flip_rate"],
+                           downstream_train=down["data"]["init_args"]["train"]["init_args"]["length"],
+                           downstream_test=down["data"]["init_args"]["test"]["init_args"]["length"])
 
 
-def moco_pretrain_config(sz: DemoSize, root: Path, seed: int, precision: str, r: float, p: float) -> dict:
-    """MoCo v2 on VTS positive pairs with noisy-pairs rate ``r`` and per-image noise ``p``."""
-    return {
-        "seed_everything": seed,
-        "trainer": {**_trainer(root, sz.moco_epochs, precision), "limit_val_batches": 0},
-        "model": {
-            "class_path": "noisyseg.tasks.MoCoTask",
-            "init_args": {
-                "arch": "resnet18",
-                "queue_size": 1024,
-                "lr": 0.015,  # lightly's small-batch MoCo rule, 0.06 x batch/128; 0.06 measured worse downstream
-                "encoder_out": str(root / "encoder.safetensors"),
-            },
-        },
-        "data": {
-            "class_path": "noisyseg.data.DataModule",
-            "init_args": {
-                "batch_size": sz.moco_batch_size,
-                "drop_last": True,
-                "train": {
-                    "class_path": "noisyseg.data.VTSPairs",
-                    "init_args": {
-                        "split": "train",
-                        "length": sz.moco_images,
-                        "size": sz.image_size,
-                        "r": r,
-                        "p": p,
-                        "seed": seed,
-                        "cache": True,
-                    },
-                },
-            },
-        },
-    }
-
-
-def downstream_config(
-    sz: DemoSize, root: Path, seed: int, precision: str, encoder_path: str | None, mode: str
-) -> dict:
-    """3-class VTS with clean labels: ``probe`` (frozen encoder + FCN) or ``finetune`` (UNet)."""
-    probe = mode == "probe"
-    return {
-        "seed_everything": seed,
-        "trainer": {
-            **_trainer(root, sz.probe_epochs if probe else sz.finetune_epochs, precision),
-            "limit_val_batches": 0,
-            "enable_checkpointing": False,
-        },
-        "model": {
-            "class_path": "noisyseg.tasks.SegmentationTask",
-            "init_args": {
-                "decoder": "fcn" if probe else "unet",
-                "arch": "resnet18",
-                "num_classes": 3,
-                "class_names": CLASS_NAMES,
-                "encoder_path": encoder_path,
-                "freeze_encoder": probe,
-                "lr": 3e-3 if probe else 1e-3,
-            },
-        },
-        "data": {
-            "class_path": "noisyseg.data.DataModule",
-            "init_args": {
-                "batch_size": sz.batch_size,
-                "eval_batch_size": 32,
-                # downstream scenes use another seed: different images than pretraining
-                "train": _vts("train", sz.downstream_train, sz.image_size, seed + 1000, third_class=True),
-                "test": _vts("test", sz.downstream_test, sz.image_size, seed + 1000, third_class=True),
-            },
-        },
-    }
-
-
-def _save_yaml(path: Path, cfg: dict) -> None:
-    text = yaml.safe_dump(cfg, sort_keys=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def run_demo(out: Path, sz: DemoSize, seed: int = 0, precision: str = "auto", moco: bool = True) -> dict[str, Any]:
-    """Run every stage; return ``{"rows": [...], "seconds": float, "paths": {...}}``."""
+def run_demo(out: Path, quick: bool = False, seed: int = 0, precision: str = "auto", moco: bool = True) -> dict[str, Any]:
+    """Run every stage; return ``{"rows": [...], "seconds": float, "paths": {...}, "timings": {...}}``."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "configs").mkdir(exist_ok=True)
-    _save_yaml(out / "configs" / "size.yaml", asdict(sz))
 
     # -- pretraining arms -------------------------------------------------------------------
     arms: dict[str, str | None] = {"random init": None}
-    pre_cfgs = {"supervised (noisy labels)": supervised_pretrain_config(sz, out / "pretrain-supervised", seed, precision)}
-    if moco:
-        pre_cfgs["moco (clean pairs)"] = moco_pretrain_config(sz, out / "pretrain-moco-clean", seed, precision, 0.0, 0.5)
-        pre_cfgs["moco (noisy pairs r=.5 p=.5)"] = moco_pretrain_config(
-            sz, out / "pretrain-moco-noisy", seed, precision, 0.5, 0.5
-        )
     timings: dict[str, float] = {}
-    for name, cfg in pre_cfgs.items():
-        slug = Path(cfg["trainer"]["default_root_dir"]).name
-        _save_yaml(out / "configs" / f"{slug}.yaml", cfg)
+    pretrain_example, pre_cfg = None, None
+    for name, (file, folder, overrides) in PRETRAIN_ARMS.items():
+        if not moco and file == "moco_pretrain.yaml":
+            continue
+        cfg = demo_config(file, out / folder, seed, precision, quick, overrides)
         print(f"[demo] pretraining: {name}", flush=True)
-        res = run_config(cfg, stages=("fit",))
+        res = run_config(cfg)
         timings[f"pretrain {name}"] = res["seconds"]["fit"]
-        arms[name] = cfg["model"]["init_args"]["encoder_out"]
+        arms[name] = res["encoder"]
+        if pretrain_example is None:  # the figure's pretraining image, clean and noisy mask
+            pretrain_example, pre_cfg = [res["datamodule"].train_set[0]], cfg
         del res  # the encoder file is all that passes on; free the model and cached data
 
     # -- downstream ---------------------------------------------------------------------------
     rows: list[dict[str, Any]] = []
     finetuned = {}
     for arm, enc in arms.items():
-        for mode in ("probe", "finetune"):
+        for mode, file in DOWNSTREAM.items():
             slug = f"downstream-{_slug(arm)}-{mode}"
-            cfg = downstream_config(sz, out / slug, seed, precision, enc, mode)
-            _save_yaml(out / "configs" / f"{slug}.yaml", cfg)
+            cfg = demo_config(file, out / slug, seed, precision, quick, {"model.init_args.encoder_path": enc})
             print(f"[demo] downstream: {arm} / {mode}", flush=True)
-            res = run_config(cfg, stages=("fit", "test"))
+            res = run_config(cfg)
             timings[f"{mode} {arm}"] = res["seconds"]["fit"] + res["seconds"]["test"]
             for metric, value in res["test"].items():
                 rows.append({"arm": arm, "mode": mode, "metric": metric, "value": value})
@@ -219,8 +138,7 @@ def run_demo(out: Path, sz: DemoSize, seed: int = 0, precision: str = "auto", mo
                 finetuned[arm] = {"model": res["model"].model, "test_set": res["datamodule"].test_set}
             del res
     seconds = time.perf_counter() - t_start
-    pretrain_example = instantiate(pre_cfgs["supervised (noisy labels)"]["data"]["init_args"]["train"])
-    paths = _write_outputs(out, rows, timings, seconds, sz, pretrain_example, finetuned)
+    paths = _write_outputs(out, rows, timings, seconds, _setting(pre_cfg, cfg), pretrain_example, finetuned)
     return {"rows": rows, "seconds": seconds, "paths": paths, "timings": timings}
 
 
@@ -253,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     "physical cores available)")
     args = ap.parse_args(argv)
     set_threads(args.threads)  # ValueError (exit 2) for a count below 1
-    sz = copy.deepcopy(QUICK if args.quick else FULL)
-    res = run_demo(Path(args.out), sz, args.seed, args.precision, moco=not args.no_moco)
+    res = run_demo(Path(args.out), args.quick, args.seed, args.precision, moco=not args.no_moco)
     print(Path(res["paths"]["report"]).read_text())
     print(f"[demo] finished in {res['seconds']:.0f} s; report: {res['paths']['report']}, figure: {res['paths']['figure']}")
     return 0

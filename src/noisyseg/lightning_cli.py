@@ -10,15 +10,28 @@ does not parse (unknown key, wrong type, a YAML syntax error: file and line) is 
 exit 2, not a page of usage; an error raised while a dataset or task is built is that error's own
 message, not jsonargparse's page of Union subtypes; a checkpoint of another model is one line
 naming it and the first differing keys.
+
+Every run goes through :class:`NoisysegCLI`: ``noisyseg fit --config FILE`` on the command line,
+and :func:`run_config` for the sweeps, the demo and ``noisyseg analyze``, which writes the config to
+``<default_root_dir>/config.yaml`` first, so ``noisyseg fit --config <run>/config.yaml`` repeats the
+run. ``test_after_fit: true`` in a config tests the fitted weights on ``data.test`` after ``fit``.
+Each ``fit`` / ``validate`` / ``test`` writes the run's one results record,
+``<default_root_dir>/results.json`` (:func:`write_results`).
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 import pickle
 import sys
+import time
 import warnings
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
+import lightning as L
 import torch
 import yaml
 from jsonargparse import ArgumentError
@@ -26,7 +39,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO, load_checkpoint_safely, mismatch_error
-from noisyseg.config import yaml_error_message
+from noisyseg.checkpoints import atomic_write
+from noisyseg.config import check_classes, yaml_error_message
 from noisyseg.data.datamodule import DataModule
 from noisyseg.runtime import auto_precision, set_threads
 from noisyseg.tasks.base import BaseTask
@@ -37,13 +51,32 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # model arguments that name files the run writes: from the user's config or command only
 OUTPUT_SUFFIXES = ("_out", "_dir")
 
+CONFIG_FILE = "config.yaml"  # the config of a run, in its default_root_dir (written by run_config)
+RESULTS_FILE = "results.json"  # the run's scores, seconds and encoder file (written by write_results)
+SPLIT_OF = {"fit": "val", "validate": "val", "test": "test"}  # the split a subcommand scores
+
 
 class NoisysegCLI(LightningCLI):
+    """LightningCLI with noisyseg's defaults and the results record.
+
+    Args:
+        in_process: started by :func:`run_config` (sweeps, demo, analyze): torch threads stay as
+            the caller set them unless the config names ``threads``, and the test after ``fit``
+            prints no table.
+    """
+
+    def __init__(self, *args: Any, in_process: bool = False, **kwargs: Any) -> None:
+        self.in_process = in_process
+        self.results: dict[str, Any] = {}
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.precision": auto_precision()})
         parser.add_argument("--threads", type=Optional[int], default=None,
                             help="torch compute threads per process (default: OMP_NUM_THREADS, else the "
                                  "physical cores available divided by the training processes on this machine)")
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, test the fitted weights on data.test; the scores go to results.json")
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
@@ -52,7 +85,8 @@ class NoisysegCLI(LightningCLI):
         # CPU processes of this run on this machine: one per device when DDP runs on the CPU
         on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
         processes = devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
-        set_threads(cfg.get("threads"), processes)
+        if cfg.get("threads") is not None or not self.in_process:  # a sweep's --threads stays in force
+            set_threads(cfg.get("threads"), processes)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's merge of a ``--ckpt_path`` file's ``hyper_parameters`` over the model config,
@@ -75,6 +109,9 @@ class NoisysegCLI(LightningCLI):
             init[key] = keep.get(key)  # None (write nothing) where the user's config did not set it
 
     def _run_subcommand(self, subcommand: str) -> None:
+        scores: dict[str, dict[str, float]] = {"val": {}, "test": {}}
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
         try:
             super()._run_subcommand(subcommand)
         except RuntimeError as e:
@@ -82,6 +119,21 @@ class NoisysegCLI(LightningCLI):
             if "Error(s) in loading state_dict" not in str(e) or not self.trainer.ckpt_path:
                 raise
             raise mismatch_error(self.trainer.ckpt_path, self.model) from None
+        seconds[subcommand] = time.perf_counter() - t0
+        if subcommand not in SPLIT_OF:
+            return
+        scores[SPLIT_OF[subcommand]] = split_scores(self.trainer.callback_metrics, SPLIT_OF[subcommand])
+        cfg = self.config[subcommand]
+        if subcommand == "fit" and cfg.get("test_after_fit"):
+            t0 = time.perf_counter()
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=not self.in_process)
+            seconds["test"] = time.perf_counter() - t0
+            scores["test"] = split_scores(self.trainer.callback_metrics, "test")
+        encoder = cfg.get("model.init_args.encoder_out")
+        self.results = {**scores, "seconds": seconds,
+                        "encoder": str(encoder) if encoder and Path(encoder).is_file() else None}
+        if self.trainer.is_global_zero:
+            write_results(Path(self.trainer.default_root_dir) / RESULTS_FILE, self.results)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -95,29 +147,76 @@ class NoisysegCLI(LightningCLI):
         return trainer
 
 
-def run_lightning_cli(argv: list[str]) -> int:
-    argv = list(argv)
-    if "--resume" in argv:
-        argv.remove("--resume")
-        argv += ["--ckpt_path", "last"]
-    # raise instead of printing 60 lines of usage and exiting: cli.py prints one line and exits 2
+def split_scores(metrics: dict[str, Any], split: str) -> dict[str, float]:
+    """The scores a task logged for ``split`` (``val/miou`` -> ``miou``); the loss is not a score."""
+    prefix = f"{split}/"
+    return {k[len(prefix):]: float(v) for k, v in metrics.items() if k.startswith(prefix) and k != f"{split}/loss"}
+
+
+def write_results(path: Path, record: dict[str, Any]) -> None:
+    """Write the results record atomically as strict JSON: an undefined score (NaN) is ``null``.
+
+    Args:
+        path: ``<default_root_dir>/results.json``.
+        record: ``{"val": {metric: value}, "test": {metric: value}, "seconds": {subcommand: s},
+            "encoder": path of the encoder file written, or None}``.
+    """
+    def finite(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    clean = {**record, **{split: {k: finite(v) for k, v in record[split].items()} for split in ("val", "test")}}
+    text = json.dumps(clean, indent=2, allow_nan=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_results(root: str | Path) -> dict[str, Any] | None:
+    """The results record of the run in ``root`` (``null`` scores read as NaN), or None when absent
+    or torn (a run killed while writing it is run again)."""
+    path = Path(root) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    for split in ("val", "test"):
+        record[split] = {k: math.nan if v is None else v for k, v in (record.get(split) or {}).items()}
+    return record
+
+
+def _start(argv: list[str], **kwargs: Any) -> NoisysegCLI:
+    """Parse ``argv`` (``[subcommand, --config, FILE, ...]``), build the run and execute it."""
+    # raise instead of printing 60 lines of usage and exiting: the callers print one line
     no_exit = {"exit_on_error": False}
     try:
         with warnings.catch_warnings():
             # `python -m noisyseg fit ...` hands sys.argv[1:] over as args: not the mistake it warns of
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            NoisysegCLI(
+            return NoisysegCLI(
                 BaseTask,
                 DataModule,
                 subclass_mode_model=True,
                 subclass_mode_data=True,
-                trainer_defaults={"enable_model_summary": False},
+                trainer_defaults={"enable_model_summary": False, "callbacks": list(kwargs.pop("callbacks", ()))},
                 save_config_kwargs={"overwrite": True},
                 seed_everything_default=0,
                 args=argv,
                 auto_configure_optimizers=False,
                 parser_kwargs={**no_exit, **{c: dict(no_exit) for c in SUBCOMMANDS}},
+                **kwargs,
             )
+    except ValueError as e:  # jsonargparse's ArgumentError is no ValueError: it passes to the caller
+        raise _innermost(e) from None
+
+
+def run_lightning_cli(argv: list[str]) -> int:
+    """``noisyseg fit|validate|test|predict ...``: exit code 0, or 2 with one line for a bad config."""
+    argv = list(argv)
+    if "--resume" in argv:
+        argv.remove("--resume")
+        argv += ["--ckpt_path", "last"]
+    try:
+        _start(argv)
     except ArgumentError as e:
         located = _yaml_error(argv) if "Problems parsing config" in str(e) else None
         if located:
@@ -126,9 +225,65 @@ def run_lightning_cli(argv: list[str]) -> int:
         print(f"noisyseg {argv[0] if argv else ''}: config error: {_short(str(e))}\n"
               f"  (valid options: noisyseg {argv[0] if argv else 'fit'} --help)", file=sys.stderr)
         return 2
-    except ValueError as e:
-        raise _innermost(e) from None
     return 0
+
+
+def run_config(
+    cfg: dict[str, Any],
+    subcommand: str = "fit",
+    quiet: bool = False,
+    ckpt_path: str | None = None,
+    callbacks: tuple[L.Callback, ...] = (),
+) -> dict[str, Any]:
+    """Run a config in this process exactly as ``noisyseg <subcommand> --config <root>/config.yaml``.
+
+    The config is written to ``<trainer.default_root_dir>/config.yaml`` first and parsed from
+    there, so the run can be repeated from that file alone.
+
+    Args:
+        cfg: a config as in ``configs/``: ``trainer`` (with ``default_root_dir``), ``model``,
+            ``data``, optional ``seed_everything``, ``threads``, ``test_after_fit``.
+        subcommand: ``fit``, ``validate`` or ``test``.
+        quiet: no progress bars and no printed test table (sweeps running in parallel); not
+            part of the written config.
+        ckpt_path: passed as ``--ckpt_path`` (``"last"`` resumes); not part of the written config.
+        callbacks: Lightning callbacks added to the config's (analyze reads the initial weights).
+
+    Returns:
+        The results record (see :func:`write_results`; NaN for undefined scores) with ``root``,
+        ``model`` (the task) and ``datamodule`` added.
+
+    Raises:
+        ValueError: a missing section or ``default_root_dir``, a class path that is not a task /
+            data module / allowed part (:func:`noisyseg.config.check_classes`, before anything is
+            built or written), or a config the parser refuses (naming the written file).
+    """
+    if subcommand not in SPLIT_OF:
+        raise ValueError(f"subcommand {subcommand!r} is not one of {sorted(SPLIT_OF)}")
+    for key in ("model", "data"):
+        if key not in cfg:
+            raise ValueError(f"config has no {key!r} section")
+    root = (cfg.get("trainer") or {}).get("default_root_dir")
+    if not root:
+        raise ValueError("config has no trainer.default_root_dir: the run folder for its config.yaml and results.json")
+    # every class path is checked before anything is built (a config naming os.system runs nothing)
+    check_classes(cfg.get("trainer") or {})
+    check_classes(cfg["model"], (L.LightningModule,))
+    check_classes(cfg["data"], (L.LightningDataModule,))
+    path = Path(root) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    argv = [subcommand, "--config", str(path)]
+    if quiet:
+        argv.append("--trainer.enable_progress_bar=false")
+    if ckpt_path is not None:
+        argv += ["--ckpt_path", str(ckpt_path)]
+    try:
+        cli = _start(argv, in_process=True, save_config_callback=None, callbacks=callbacks)
+    except ArgumentError as e:
+        raise ValueError(f"config {path}: {_short(str(e))}") from None
+    return {**cli.results, "root": str(root), "model": cli.model, "datamodule": cli.datamodule}
 
 
 UNION_WRAPPER = "Does not validate against any of the Union subtypes"

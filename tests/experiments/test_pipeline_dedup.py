@@ -25,16 +25,17 @@ class Fits:
     def __init__(self) -> None:
         self.roots: list[str] = []
 
-    def __call__(self, cfg, stages=("fit", "test"), quiet=False, ckpt_path=None):
+    def __call__(self, cfg, quiet=False):
         root = Path(cfg["trainer"]["default_root_dir"])
         self.roots.append(root.name)
         enc = cfg["model"]["init_args"].get("encoder_out")
         if enc:
             save_encoder(enc, build_encoder("resnet18", 3), "resnet18", None, {"method": "moco"})
         transfer = cfg["model"]["init_args"].get("transfer", "auto")
-        res = {"val": {}, "test": {"miou": 0.4 if transfer == "encoder" else 0.5}, "seconds": {s: 0.1 for s in stages}}
+        res = {"val": {}, "test": {"miou": 0.4 if transfer == "encoder" else 0.5}, "seconds": {"fit": 0.1, "test": 0.1},
+               "encoder": enc}
         root.mkdir(parents=True, exist_ok=True)
-        (root / "metrics.json").write_text(json.dumps(res))
+        (root / "results.json").write_text(json.dumps(res))
         return res
 
 

@@ -115,7 +115,7 @@ def test_set_overrides_from_the_command_line(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert sweep.main([str(spec), "--out", str(out), "--set", "*.trainer.max_steps=7",
                        "--set", "pretrain.model.init_args.lr=0.5"]) == 0
-    cfg = yaml.safe_load((out / "method-sup_seed-0" / "config.yaml").read_text())
+    cfg = yaml.safe_load((out / "method-sup_seed-0" / "run.yaml").read_text())
     assert cfg["pretrain"]["trainer"]["max_steps"] == 7 and cfg["pretrain"]["model"]["init_args"]["lr"] == 0.5
     assert all(c["trainer"]["max_steps"] == 7 for c in cfg["downstream"].values())
     assert sweep.main([str(spec), "--set", "oops"]) == 2 and "KEY=VALUE" in capsys.readouterr().err
@@ -152,13 +152,13 @@ def test_named_pretrain_overrides_column_alias_and_trainer_args(tmp_path):
 
 # ----------------------------------------------------------------------------------------- bad input
 class Counter:
-    """Fake run_config: counts fits per root dir, writes metrics.json, can 'die' at call k."""
+    """Fake run_config: counts fits per root dir, writes results.json, can 'die' at call k."""
 
     def __init__(self, die_at: int | None = None):
         self.calls: list[str] = []
         self.die_at = die_at
 
-    def __call__(self, cfg, stages=("fit", "test"), quiet=False, ckpt_path=None):
+    def __call__(self, cfg, quiet=False):
         if self.die_at is not None and len(self.calls) == self.die_at:
             raise KeyboardInterrupt  # the process is killed here
         root = Path(cfg["trainer"]["default_root_dir"])
@@ -168,10 +168,10 @@ class Counter:
             Path(enc).parent.mkdir(parents=True, exist_ok=True)
             Path(enc).write_text("weights")
         seed = cfg["seed_everything"]
-        test = {"miou": 0.5 + 0.01 * seed, "f1": 0.6} if "test" in stages else {}
-        res = {"val": {}, "test": test, "seconds": {s: 0.1 for s in stages}, "root": str(root)}
+        test = {"miou": 0.5 + 0.01 * seed, "f1": 0.6} if cfg.get("test_after_fit") else {}
+        res = {"val": {}, "test": test, "seconds": {"fit": 0.1}, "encoder": enc}
         root.mkdir(parents=True, exist_ok=True)
-        (root / "metrics.json").write_text(json.dumps(res))
+        (root / "results.json").write_text(json.dumps(res))
         return res
 
 
@@ -250,7 +250,7 @@ def test_resume_after_kill_runs_each_stage_once(tmp_path, monkeypatch):
     assert len({(r["run"], r["downstream"], r["split"], r["metric"]) for r in rows}) == len(rows)
     assert {r["run"] for r in rows} == {p.run_id for p in plans}
     for p in plans:
-        assert (out / p.run_id / "done.json").is_file() and (out / p.run_id / "config.yaml").is_file()
+        assert (out / p.run_id / "done.json").is_file() and (out / p.run_id / "run.yaml").is_file()
     assert sweep.main([str(spec), "--out", str(out)]) == 0  # a third start runs nothing
     assert len(resumed.calls) == len(every) - len(killed.calls)
 
@@ -285,7 +285,7 @@ def test_tiny_real_sweep_table_schema(tmp_path):
     assert rows[0]["decoder"] == "fcn" and rows[0]["frozen"] == "true" and float(rows[0]["pretrain_seconds"]) > 0
     run = out / rows[0]["run"]
     assert (run / "encoder.safetensors").is_file()
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = yaml.safe_load((run / "run.yaml").read_text())
     assert cfg["downstream"]["probe"]["model"]["init_args"]["encoder_path"] == str(run / "encoder.safetensors")
 
 
@@ -299,7 +299,7 @@ def test_pretraining_with_a_test_set_is_scored_as_downstream_pretrained(tmp_path
     rows = read_rows(out / "results.csv")
     assert {r["downstream"] for r in rows} == {"pretrained", "probe"}
     run = out / rows[0]["run"]
-    stored = json.loads((run / "pretrain" / "metrics.json").read_text())["test"]
+    stored = json.loads((run / "pretrain" / "results.json").read_text())["test"]
     pre = {r["metric"]: float(r["value"]) for r in rows if r["downstream"] == "pretrained"}
     assert pre == pytest.approx(stored) and pre["miou"] > 0
     assert all(float(r["seconds"]) == 0 for r in rows if r["downstream"] == "pretrained")

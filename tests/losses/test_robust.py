@@ -359,11 +359,11 @@ def test_run_config_resumes_a_robust_loss_run_weights_only(tmp_path, one_thread)
     """The studies' path (instantiate + run_config) reads last.ckpt weights-only on resume: a loss
     module pickled into the task's hyperparameters would be refused there."""
     from noisyseg.callbacks import load_checkpoint_safely
-    from noisyseg.experiments.runner import run_config
+    from noisyseg.lightning_cli import run_config
 
     cfg = _docstring_config(tmp_path)
-    run = run_config(cfg, stages=("fit",), quiet=True)
+    run = run_config(cfg, quiet=True)
     assert isinstance(run["model"].loss_fn.loss, SmallLossSelection)
     cfg["trainer"]["max_steps"] = 2
-    run_config(cfg, stages=("fit",), quiet=True, ckpt_path="last")
+    run_config(cfg, quiet=True, ckpt_path="last")
     assert load_checkpoint_safely(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2

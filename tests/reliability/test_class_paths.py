@@ -1,10 +1,11 @@
 """Configs that name a function or a foreign class by ``class_path`` are refused before anything runs.
 
 ``noisyseg fit`` goes through LightningCLI, whose type checks refuse ``class_path: os.system``.
-``noisyseg data preview``, ``noisyseg sweep`` (its study configs) and :func:`run_config` build
-objects with :func:`noisyseg.config.instantiate`, which checks every class path, nested ones too,
-before calling anything. Each case puts the class path where a dataset, a task or a callback
-belongs, with arguments that would create a marker file if it were called.
+``noisyseg data preview`` builds datasets with :func:`noisyseg.config.instantiate`, and
+``noisyseg sweep`` (its study configs) and :func:`run_config` check every class path with
+:func:`noisyseg.config.check_classes`, nested ones too, before calling anything. Each case puts
+the class path where a dataset, a task or a callback belongs, with arguments that would create a
+marker file if it were called.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import yaml
 
 from conftest import tiny_config, vts, write_config
 from noisyseg.config import check_class, instantiate
-from noisyseg.experiments.runner import run_config
+from noisyseg.lightning_cli import run_config
 
 
 def evil_node(class_path: str, marker) -> dict:
@@ -110,10 +111,10 @@ def test_sweep_refuses_before_any_run(run_cli, tmp_path, class_path, where):
 
 @pytest.mark.parametrize("section", ["trainer", "model", "data"])
 def test_run_config_refuses_before_building_the_trainer(tmp_path, monkeypatch, section):
-    import noisyseg.experiments.runner as runner
+    import noisyseg.lightning_cli as lightning_cli
 
     trainers = []
-    monkeypatch.setattr(runner, "build_trainer", lambda *a, **k: trainers.append(1))
+    monkeypatch.setattr(lightning_cli, "_start", lambda *a, **k: trainers.append(1))
     marker = tmp_path / "ran"
     cfg = tiny_config(tmp_path / "run")
     if section == "trainer":
@@ -123,9 +124,10 @@ def test_run_config_refuses_before_building_the_trainer(tmp_path, monkeypatch, s
     else:
         cfg["data"]["init_args"]["train"] = evil_node("builtins.eval", marker)
     with pytest.raises(ValueError, match="is refused"):
-        run_config(cfg, stages=("fit",), quiet=True)
+        run_config(cfg, quiet=True)
     assert not marker.exists()
     assert trainers == []  # refused before the trainer (or anything else) was built
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nor written
 
 
 def test_check_passes_a_user_dataset_class(tmp_path):

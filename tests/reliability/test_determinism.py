@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 
 from conftest import tiny_config, vts
-from noisyseg.experiments.runner import run_config
+from noisyseg.lightning_cli import run_config
 
 
 def _run(tmp, name, cfg):
     cfg = dict(cfg, trainer=dict(cfg["trainer"], default_root_dir=str(tmp / name)))
-    return run_config(cfg, stages=("fit", "test"), quiet=True)
+    return run_config({**cfg, "test_after_fit": True}, quiet=True)
 
 
 def test_segmentation_fit_test_twice_identical(tmp_path):
@@ -34,7 +34,7 @@ def test_moco_fit_twice_identical_weights(tmp_path):
     cfg["data"]["init_args"].update(drop_last=True, train={
         "class_path": "noisyseg.data.VTSPairs", "init_args": {"split": "train", "length": 8, "size": 32}})
     runs = [run_config(dict(cfg, trainer=dict(cfg["trainer"], default_root_dir=str(tmp_path / n))),
-                       stages=("fit",), quiet=True) for n in ("a", "b")]
+                       quiet=True) for n in ("a", "b")]
     ma, mb = runs[0]["model"], runs[1]["model"]
     assert torch.equal(ma.trainer.callback_metrics["train/loss"], mb.trainer.callback_metrics["train/loss"])
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from noisyseg.experiments.runner import run_config
+from noisyseg.lightning_cli import run_config
 from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
 from noisyseg.tasks import MoCoTask
 from noisyseg.tasks.base import BaseTask
@@ -78,4 +78,4 @@ def test_collapse_warning_fires_in_a_moco_run(tmp_path, monkeypatch):
     cfg["data"]["init_args"].update(drop_last=True, train={
         "class_path": "noisyseg.data.VTSPairs", "init_args": {"split": "train", "length": 8, "size": 32}})
     with pytest.warns(UserWarning, match=r"representation collapse at step 1: .* effective rank = 1\.00"):
-        run_config(cfg, stages=("fit",), quiet=True)
+        run_config(cfg, quiet=True)

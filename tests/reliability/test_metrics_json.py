@@ -1,4 +1,4 @@
-"""``test_metrics.json`` is strict JSON: an undefined score (NaN) is written as ``null``."""
+"""The results record ``results.json`` is strict JSON: an undefined score (NaN) is written as ``null``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import math
 
 from conftest import tiny_config
-from noisyseg.experiments.runner import run_config
+from noisyseg.lightning_cli import run_config
 
 
 def strict_json(text: str) -> dict:
@@ -20,9 +20,9 @@ def test_undefined_scores_are_null(tmp_path, one_thread):
     # a test set whose pixels are all ignore_index: no truth, no counted prediction -> IoU/F1 NaN
     empty = {"class_path": "bad_datasets.Broken", "init_args": {"kind": "empty", "length": 2, "size": 32}}
     cfg = tiny_config(tmp_path / "run", test=empty, batch_size=2)
-    res = run_config(cfg, stages=("test",), quiet=True)
+    res = run_config(cfg, subcommand="test", quiet=True)
     assert math.isnan(res["test"]["miou"]) and math.isnan(res["test"]["iou/1"])  # the scores themselves
-    scores = strict_json((tmp_path / "run" / "test_metrics.json").read_text())
+    scores = strict_json((tmp_path / "run" / "results.json").read_text())["test"]
     assert scores["miou"] is None and scores["iou/0"] is None and scores["f1/1"] is None
     assert scores["accuracy"] == 0.0  # finite scores are kept as numbers
     assert set(scores) == set(res["test"])

@@ -8,7 +8,7 @@ import torch
 
 import noisyseg.runtime as runtime
 from conftest import tiny_config, write_config
-from noisyseg.experiments.runner import run_config
+from noisyseg.lightning_cli import run_config
 from noisyseg.experiments.sweep import run_sweep
 
 # two sockets' worth of a 2-core, 2-way hyper-threaded CPU: logical 0/2 share core 0, 1/3 core 1
@@ -66,9 +66,9 @@ def test_run_config_honours_threads_key_and_leaves_threads_alone_without_it(tmp_
     calls: list[int] = []
     cfg = tiny_config(tmp_path / "run")
     with pytest.raises(ValueError, match="threads=0"):
-        run_config({**cfg, "threads": 0}, stages=("fit",), quiet=True)
+        run_config({**cfg, "threads": 0}, quiet=True)
     assert calls == []
-    run_config({**cfg, "threads": 1, "trainer": {**cfg["trainer"], "max_steps": 1}}, stages=("fit",), quiet=True)
+    run_config({**cfg, "threads": 1, "trainer": {**cfg["trainer"], "max_steps": 1}}, quiet=True)
     assert calls == [1]
 
 

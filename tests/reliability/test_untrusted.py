@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from conftest import tiny_config, write_config
-from noisyseg.experiments.runner import run_config
+from noisyseg.lightning_cli import run_config
 
 
 class _Evil:
@@ -57,7 +57,7 @@ def test_crafted_ckpt_refused_by_run_config(tmp_path, monkeypatch):
     from noisyseg.callbacks import CheckpointFileError
 
     with pytest.raises(CheckpointFileError, match="was refused"):
-        run_config(cfg, stages=("fit",), quiet=True, ckpt_path=str(ckpt))
+        run_config(cfg, quiet=True, ckpt_path=str(ckpt))
     assert not marker.exists()
 
 

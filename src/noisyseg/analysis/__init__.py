@@ -5,10 +5,13 @@ Stages:
 1. **data** — VTS (2 classes) with clean labels, and the same scenes with ``flip_rate`` of the
    Voronoi cells given the wrong class; a separate clean validation split for the analysis.
 2. **trainings** — two UNet-ResNet18 from the same seed, hence the same initialisation (checked),
-   the same batches and augmentations; only the labels differ.
+   the same batches and augmentations; only the labels differ. Each is an ordinary config run
+   through :func:`noisyseg.lightning_cli.run_config` (``<out>/train-clean/config.yaml``,
+   ``<out>/train-noisy/config.yaml``: ``noisyseg fit --config`` repeats either).
 3. **analysis** — :func:`noisyseg.analysis.encoder_decoder.analyze_models`: per layer Fisher ratio,
    linear probe, weight change and clean-vs-noisy distance.
-4. **outputs** — ``analysis.csv``, ``analysis.md`` (the finding as measured), ``analysis.png``.
+4. **outputs** — ``analysis.yaml`` (the :class:`AnalysisConfig` used), ``analysis.csv``,
+   ``analysis.md`` (the finding as measured), ``analysis.png``.
 """
 
 from __future__ import annotations
@@ -82,6 +85,24 @@ def load_analysis_config(path: str | Path | None, quick: bool = False, **overrid
     return cfg
 
 
+def training_config(cfg: AnalysisConfig, root: Path, flip_rate: float) -> dict[str, Any]:
+    """The config of one training: UNet on VTS with ``flip_rate`` of the cells mislabelled, run in ``root``."""
+    scenes = {"split": "train", "length": cfg.train_images, "size": cfg.image_size, "num_cells": cfg.num_cells,
+              "label_noise": {"flip_rate": flip_rate}, "seed": cfg.seed, "cache": True}
+    return {
+        "seed_everything": cfg.seed,  # the same seed: the same initial weights and batches for both
+        "trainer": {"max_epochs": cfg.epochs, "max_steps": cfg.max_steps, "precision": cfg.precision,
+                    "default_root_dir": str(root), "logger": False, "enable_checkpointing": False,
+                    "limit_val_batches": 0, "num_sanity_val_steps": 0},
+        "model": {"class_path": "noisyseg.tasks.SegmentationTask",
+                  "init_args": {"decoder": "unet", "arch": cfg.arch, "num_classes": 2, "lr": cfg.lr,
+                                "channels_last": False}},
+        "data": {"class_path": "noisyseg.data.DataModule",
+                 "init_args": {"batch_size": cfg.batch_size,
+                               "train": {"class_path": "noisyseg.data.VTSSegmentation", "init_args": scenes}}},
+    }
+
+
 def train_pair(cfg: AnalysisConfig, out: Path):
     """Train the clean and the noisy UNet from the same initialisation.
 
@@ -94,27 +115,26 @@ def train_pair(cfg: AnalysisConfig, out: Path):
     import lightning as L
     import torch
 
-    from noisyseg.data import DataModule, VTSSegmentation
-    from noisyseg.experiments.runner import build_trainer
-    from noisyseg.tasks import SegmentationTask
+    from noisyseg.lightning_cli import run_config
+
+    class InitialWeights(L.Callback):
+        """The network's state dict when fitting starts."""
+
+        def __init__(self) -> None:
+            self.state: dict[str, torch.Tensor] = {}
+
+        def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
 
     tasks, init = {}, None
     for name, flip in (("clean", 0.0), ("noisy", cfg.flip_rate)):
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        task = SegmentationTask(decoder="unet", arch=cfg.arch, num_classes=2, lr=cfg.lr, channels_last=False)
-        state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+        start = InitialWeights()
+        res = run_config(training_config(cfg, out / f"train-{name}", flip), quiet=True, callbacks=(start,))
         if init is None:
-            init = state
-        elif any(not torch.equal(init[k], state[k]) for k in init):
+            init = start.state
+        elif init.keys() != start.state.keys() or any(not torch.equal(init[k], start.state[k]) for k in init):
             raise RuntimeError("the clean and noisy models did not start from the same weights")
-        train = VTSSegmentation("train", cfg.train_images, cfg.image_size, cfg.num_cells,
-                                label_noise={"flip_rate": flip}, seed=cfg.seed, cache=True)
-        trainer = build_trainer({"max_epochs": cfg.epochs, "max_steps": cfg.max_steps, "precision": cfg.precision,
-                                 "default_root_dir": str(out / f"train-{name}"), "logger": False,
-                                 "enable_checkpointing": False, "limit_val_batches": 0, "num_sanity_val_steps": 0},
-                                quiet=True)
-        trainer.fit(task, datamodule=DataModule(train=train, batch_size=cfg.batch_size))
-        tasks[name] = task.cpu().eval()
+        tasks[name] = res["model"].cpu().eval()
     return tasks["clean"], tasks["noisy"], init
 
 
@@ -124,7 +144,7 @@ def run_analysis(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(asdict(cfg), sort_keys=False)
-    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "analysis.yaml", lambda tmp: Path(tmp).write_text(text))
     clean, noisy, init = train_pair(cfg, out)
     evalset = VTSSegmentation("val", cfg.eval_images, cfg.image_size, cfg.num_cells, seed=cfg.seed + 1)
     rows = analyze_models(clean, noisy, init, evalset, cfg.eval_images, cfg.pixels_per_image, cfg.probe_steps, cfg.seed)

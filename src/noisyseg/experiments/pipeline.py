@@ -2,7 +2,7 @@
 
 The chain (all paths inside the run's folder)::
 
-    <run>/config.yaml                 everything the run runs, resolved (written first)
+    <run>/run.yaml                    everything the run runs, resolved (written first)
     <run>/pretrain/                   trainer.default_root_dir of the pretraining config; when that
                                       config has a test set, the pretrained network is also tested
                                       there (rows with downstream ``pretrained``: no fine-tuning)
@@ -11,8 +11,10 @@ The chain (all paths inside the run's folder)::
                                       above (null for a random-init arm)
     <run>/done.json                   rows and timings, written atomically last: the completion mark
 
-A stage whose output exists (the encoder file plus ``pretrain/metrics.json``, or a downstream's
-``metrics.json``) under an unchanged ``config.yaml`` is not run again, so a run killed half-way
+Each stage is one :func:`noisyseg.lightning_cli.run_config`: its folder holds the ``config.yaml``
+that ``noisyseg fit --config`` repeats it from, and the ``results.json`` its rows are read from.
+A stage whose output exists (the encoder file plus ``pretrain/results.json``, or a downstream's
+``results.json``) under an unchanged ``run.yaml`` is not run again, so a run killed half-way
 resumes at its first unfinished stage.
 """
 
@@ -27,12 +29,12 @@ from typing import Any
 import yaml
 
 from noisyseg.checkpoints import atomic_write, read_decoder
-from noisyseg.experiments.runner import run_config
 from noisyseg.experiments.spec import RunPlan
+from noisyseg.lightning_cli import read_results, run_config
 
 ENCODER_FILE = "encoder.safetensors"
 DONE_FILE = "done.json"
-CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.yaml"
 
 
 def resolve_run(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
@@ -44,17 +46,20 @@ def resolve_run(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
         pre = copy.deepcopy(plan.pretrain)
         pre.setdefault("trainer", {})["default_root_dir"] = str(run_dir / "pretrain")
         pre["model"].setdefault("init_args", {})["encoder_out"] = encoder
+        # the pretrained network itself is scored where the pretraining config has a test set
+        pre["test_after_fit"] = (pre["data"].get("init_args") or {}).get("test") is not None
     downstream = {}
     for name, cfg in plan.downstream:
         cfg = copy.deepcopy(cfg)
         cfg.setdefault("trainer", {})["default_root_dir"] = str(run_dir / f"downstream-{name}")
         cfg["model"].setdefault("init_args", {})["encoder_path"] = encoder
+        cfg["test_after_fit"] = True
         downstream[name] = cfg
     return {"pretrain": pre, "downstream": downstream}
 
 
 def config_record(plan: RunPlan, resolved: dict[str, Any]) -> str:
-    """The text of ``config.yaml``: run id, seed, parameters, sources and every resolved config."""
+    """The text of ``run.yaml``: run id, seed, parameters, sources and every resolved config."""
     record = {
         "run": plan.run_id,
         "seed": plan.seed,
@@ -94,18 +99,14 @@ def same_run_key(cfg: dict[str, Any]) -> str | None:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
-def _stored(root: Path) -> dict[str, Any] | None:
-    path = root / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a torn file from an older writer: run the stage again
+def _run(cfg: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """One stage through the fit entry point; its results record without the live task and data."""
+    res = run_config(cfg, quiet=quiet)
+    return {k: v for k, v in res.items() if k not in ("model", "datamodule")}
 
 
 def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
-    """Run one planned run; write ``config.yaml`` first and ``done.json`` last.
+    """Run one planned run; write ``run.yaml`` first and ``done.json`` last.
 
     Args:
         plan: from :func:`noisyseg.experiments.spec.plan_runs`.
@@ -121,7 +122,7 @@ def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict
     t0 = time.perf_counter()
     resolved = resolve_run(plan, run_dir)
     text = config_record(plan, resolved)
-    cfg_path = run_dir / CONFIG_FILE
+    cfg_path = run_dir / RUN_FILE
     # stages of an interrupted run are reused only when they were made by this same config
     reuse = cfg_path.is_file() and cfg_path.read_text() == text
     atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(text))
@@ -131,11 +132,10 @@ def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict
     scored: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (downstream name, config, its scores)
     pre = resolved["pretrain"]
     if pre is not None:
-        tested = (pre["data"].get("init_args") or {}).get("test") is not None
-        stages = ("fit", "test") if tested else ("fit",)
-        stored = _stored(run_dir / "pretrain") if reuse else None
+        tested = pre["test_after_fit"]
+        stored = read_results(run_dir / "pretrain") if reuse else None
         if stored is None or not (run_dir / ENCODER_FILE).is_file() or (tested and not stored.get("test")):
-            stored = run_config(pre, stages=stages, quiet=quiet)
+            stored = _run(pre, quiet)
         pre_seconds = float(sum(stored["seconds"].values()))
         if tested:
             scored = [("pretrained", pre, stored)]
@@ -149,9 +149,9 @@ def run_pipeline(plan: RunPlan, run_dir: str | Path, quiet: bool = True) -> dict
             scored.append((name, cfg, trained[key]))
             continue
         root = Path(cfg["trainer"]["default_root_dir"])
-        stored = _stored(root) if reuse else None
+        stored = read_results(root) if reuse else None
         if stored is None or not stored.get("test"):
-            stored = run_config(cfg, stages=("fit", "test"), quiet=quiet)
+            stored = _run(cfg, quiet)
         scored.append((name, cfg, stored))
         if key is not None:
             trained[key] = stored

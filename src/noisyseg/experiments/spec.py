@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from noisyseg.experiments.runner import check_classes, import_class, load_config
+from noisyseg.config import check_classes, import_class, load_config
 
 
 class SpecError(ValueError):

@@ -32,7 +32,7 @@ import yaml
 from tqdm import tqdm
 
 from noisyseg.checkpoints import atomic_write
-from noisyseg.experiments.pipeline import CONFIG_FILE, config_record, read_done, resolve_run, run_pipeline
+from noisyseg.experiments.pipeline import RUN_FILE, config_record, read_done, resolve_run, run_pipeline
 from noisyseg.experiments.spec import RunPlan, SpecError, SweepSpec, load_spec, plan_runs
 from noisyseg.experiments.table import TABLE, append_rows, runs_in_table
 from noisyseg.runtime import default_threads, set_threads
@@ -97,7 +97,7 @@ def partition(plans: list[RunPlan], out: Path, columns: list[str]) -> tuple[list
             pending.append(plan)
             continue
         text = config_record(plan, resolve_run(plan, run_dir))
-        if (run_dir / CONFIG_FILE).read_text() != text:
+        if not (run_dir / RUN_FILE).is_file() or (run_dir / RUN_FILE).read_text() != text:
             raise SpecError(
                 f"run folder {run_dir} holds results of a different config (the spec or a config file "
                 "changed since); use another --out or delete that folder"

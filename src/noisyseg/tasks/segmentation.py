@@ -17,15 +17,13 @@ confusion matrix accumulated over the whole split.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from noisyseg.checkpoints import EncoderFileError, atomic_write, load_encoder, read_decoder, save_encoder
+from noisyseg.checkpoints import EncoderFileError, load_encoder, read_decoder, save_encoder
 from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
@@ -469,13 +467,8 @@ class SegmentationTask(BaseTask):
     def on_test_epoch_end(self) -> None:
         self.test_scores = scores_from_confusion(self.test_cm.compute(), self.class_names)
         self.test_cm.reset()
+        # noisyseg.lightning_cli writes these scores to the run's results.json
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, sync_dist=True)
-        if self.trainer.is_global_zero:
-            # the CLI's `test` returns nothing to a caller: keep the split's scores on disk; an
-            # undefined score (NaN: a class absent from truth and prediction) is null, as JSON has no NaN
-            finite = {k: v if v - v == 0 else None for k, v in self.test_scores.items()}  # inf - inf is NaN
-            text = json.dumps(finite, indent=2, allow_nan=False)
-            atomic_write(Path(self.trainer.default_root_dir) / "test_metrics.json", lambda t: Path(t).write_text(text))
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self(batch[IMAGE]).argmax(1)
