@@ -44,6 +44,7 @@ from noisyseg.config import check_classes, yaml_error_message
 from noisyseg.data.datamodule import DataModule
 from noisyseg.runtime import auto_precision, set_threads
 from noisyseg.tasks.base import BaseTask
+from noisyseg.tasks.links import link_data_arguments
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -77,6 +78,7 @@ class NoisysegCLI(LightningCLI):
                                  "physical cores available divided by the training processes on this machine)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, test the fitted weights on data.test; the scores go to results.json")
+        link_data_arguments(parser)  # the data's normalisation, batch and size -> the task's arguments
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")

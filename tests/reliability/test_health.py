@@ -13,7 +13,7 @@ from conftest import tiny_config, write_config
 from noisyseg.lightning_cli import run_config
 from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
 from noisyseg.tasks import MoCoTask
-from noisyseg.tasks.base import BaseTask
+from noisyseg.tasks.health import RepresentationHealth
 from noisyseg.tasks.moco import EncoderWithHead
 
 
@@ -71,7 +71,7 @@ def test_collapse_warning_fires_in_a_moco_run(tmp_path, monkeypatch):
     # every embedding the same vector (times 0 keeps a gradient path, so training runs on)
     monkeypatch.setattr(EncoderWithHead, "forward",
                         lambda self, x: self.head(self.encoder(x)[-1]) * 0 + torch.ones(1, device=x.device))
-    monkeypatch.setattr(MoCoTask, "log_health", functools.partialmethod(BaseTask.log_health, every=1))
+    monkeypatch.setattr(MoCoTask, "log_health", functools.partialmethod(RepresentationHealth.log_health, every=1))
     cfg = tiny_config(tmp_path / "run", max_steps=2, enable_checkpointing=False)
     cfg["model"] = {"class_path": "noisyseg.tasks.MoCoTask",
                     "init_args": {"hidden_dim": 64, "out_dim": 16, "queue_size": 16, "key_bn_chunks": 1}}

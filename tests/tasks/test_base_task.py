@@ -15,6 +15,7 @@ from torch import nn
 
 from noisyseg.checkpoints import read_encoder
 from noisyseg.tasks.base import LR_SCHEDULES, BaseTask, _fusable, batch_sources, constant, warmup_constant, warmup_cosine
+from noisyseg.tasks.health import RepresentationHealth
 
 
 class Tiny(BaseTask):
@@ -26,6 +27,10 @@ class Tiny(BaseTask):
         self.encoder = nn.Sequential()
         self.encoder.conv1 = nn.Conv2d(3, 4, 3)
         self.encoder.bn1 = nn.BatchNorm2d(4)
+
+
+class HealthTiny(RepresentationHealth, Tiny):
+    """``Tiny`` with the self-supervised tasks' health logging."""
 
 
 def batch(n: int = 2, bands: int = 3, sources: list[str] | None = None) -> dict:
@@ -180,7 +185,7 @@ def test_check_finite_passes_finite_and_stops_on_nan() -> None:
 
 
 def test_log_health_logs_every_n_steps_and_warns_on_collapse(monkeypatch) -> None:
-    task = Tiny()
+    task = HealthTiny()
     logged = []
     monkeypatch.setattr(task, "log_dict", lambda d, **kw: logged.append((d, kw)))
     z = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
@@ -206,15 +211,16 @@ def test_training_summary_without_and_with_trainer() -> None:
     task._trainer = SimpleNamespace(current_epoch=3, global_step=42, datamodule=SimpleNamespace(normalization={"mean": [1.0]}))
     s = task.training_summary()
     assert (s["epochs"], s["steps"]) == (3, 42)
-    assert task.normalization() == {"mean": [1.0]}
+    assert task.normalization() is None  # the data module's is not read: it is an argument
+    assert Tiny(input_normalization={"mean": [1.0]}).normalization() == {"mean": [1.0]}
 
 
 def test_export_encoder_writes_weights_normalisation_and_summary(tmp_path) -> None:
-    task = Tiny(arch="resnet18", method="tiny")
+    norm = {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}
+    task = Tiny(arch="resnet18", method="tiny", input_normalization=norm)
     with torch.no_grad():
         task.encoder.conv1.weight.normal_()
-    norm = {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0]}
-    task._trainer = SimpleNamespace(current_epoch=2, global_step=7, datamodule=SimpleNamespace(normalization=norm))
+    task._trainer = SimpleNamespace(current_epoch=2, global_step=7, datamodule=SimpleNamespace(normalization=None))
     task.export_encoder(str(tmp_path / "enc.safetensors"))
     state, meta = read_encoder(tmp_path / "enc.safetensors")
     assert torch.equal(state["conv1.weight"], task.encoder.conv1.weight)
@@ -253,7 +259,7 @@ def test_batch_checks_skip_what_is_not_a_batch_and_check_image2_alone() -> None:
 
 
 def test_log_health_edges(monkeypatch) -> None:
-    task = Tiny()
+    task = HealthTiny()
     logged = []
     monkeypatch.setattr(task, "log_dict", lambda d, **kw: logged.append(d))
     step = {"n": 0}
@@ -276,11 +282,11 @@ def test_log_health_edges(monkeypatch) -> None:
         task.log_health(torch.ones(16, 8), every=1)
 
 
-def test_normalization_of_a_datamodule_without_one() -> None:
+def test_normalization_without_input_normalization() -> None:
     task = Tiny()
     assert task.normalization() is None  # no trainer
-    task._trainer = SimpleNamespace(datamodule=object())
-    assert task.normalization() is None  # a LightningDataModule that states none
+    task._trainer = SimpleNamespace(datamodule=SimpleNamespace(normalization={"mean": [1.0]}))
+    assert task.normalization() is None  # nothing given: the data module's is not fished out
 
 
 def test_export_encoder_records_the_weights_source(tmp_path) -> None:

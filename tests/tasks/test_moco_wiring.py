@@ -166,17 +166,16 @@ def test_default_queue_size_values(n: int, batch: int, expected: int) -> None:
     assert moco_module.default_queue_size(1000, 32, cap=100) == 96
 
 
-def fake_trainer(n: int | None, batch: int | None):
+def fake_trainer(world_size: int = 1):
     from types import SimpleNamespace
 
-    train_set = None if n is None else list(range(n))
-    return SimpleNamespace(datamodule=SimpleNamespace(batch_size=batch, train_set=train_set))
+    return SimpleNamespace(world_size=world_size)  # all that setup reads from the trainer
 
 
-def test_setup_sizes_a_null_queue_from_the_datamodule() -> None:
-    task = make_task(queue_size=None)
+def test_setup_sizes_a_null_queue_from_its_arguments() -> None:
+    task = make_task(queue_size=None, train_size=200, batch_size=8)
     assert task.queue is None
-    task._trainer = fake_trainer(200, 8)
+    task._trainer = fake_trainer()
     task.setup("fit")
     assert tuple(task.queue.queue.shape) == (96, OUT_DIM)  # half of 200 = 100 -> 96, 8 per batch
     kept = task.queue
@@ -184,23 +183,52 @@ def test_setup_sizes_a_null_queue_from_the_datamodule() -> None:
     assert task.queue is kept
 
 
-def test_setup_without_a_train_set_or_with_a_bad_batch_raises() -> None:
-    task = make_task(queue_size=None)
-    task._trainer = fake_trainer(None, 8)
-    with pytest.raises(ValueError, match="queue_size is null"):
+def test_setup_sizes_the_queue_from_the_global_batch_of_a_two_process_world() -> None:
+    # half of 100 = 50: a multiple of the global batch 2 x 7 = 14 is 42 (one process: 7 -> 49)
+    task = make_task(queue_size=None, train_size=100, batch_size=7)
+    task._trainer = fake_trainer(world_size=2)
+    task.setup("fit")
+    assert tuple(task.queue.queue.shape) == (42, OUT_DIM)
+    task = make_task(queue_size=None, train_size=100, batch_size=7)
+    task._trainer = fake_trainer(world_size=1)
+    task.setup("fit")
+    assert tuple(task.queue.queue.shape) == (49, OUT_DIM)
+    task = make_task(queue_size=10, batch_size=7)  # holds one process's 7 keys, not two processes' 14
+    task._trainer = fake_trainer(world_size=2)
+    with pytest.raises(ValueError, match="queue size 10 is smaller than the global batch"):
         task.setup("fit")
-    task = make_task(queue_size=None)
-    task._trainer = fake_trainer(200, None)
-    with pytest.raises(ValueError, match="queue_size is null"):
+
+
+def test_setup_without_sizes_or_with_a_bad_batch_raises() -> None:
+    task = make_task(queue_size=None, batch_size=8)
+    task._trainer = fake_trainer()
+    with pytest.raises(ValueError, match="queue_size is null but train_size=None"):
         task.setup("fit")
-    task = make_task(queue_size=4)  # smaller than one batch of keys
-    task._trainer = fake_trainer(200, 8)
+    task = make_task(queue_size=None, train_size=200)
+    task._trainer = fake_trainer()
+    with pytest.raises(ValueError, match="queue_size is null but train_size=200 and batch_size=None"):
+        task.setup("fit")
+    task = make_task(queue_size=4, batch_size=8)  # smaller than one batch of keys
+    task._trainer = fake_trainer()
     with pytest.raises(ValueError, match="queue size 4 is smaller than the global batch"):
         task.setup("fit")
-    task = make_task(queue_size=16)
-    task._trainer = fake_trainer(200, 8)
+    task = make_task(queue_size=16, train_size=200, batch_size=8)
+    task._trainer = fake_trainer()
     task.setup("fit")
     assert tuple(task.queue.queue.shape) == (16, OUT_DIM)
+
+
+def test_a_checkpoint_restored_after_setup_resizes_the_queue() -> None:
+    # Lightning's order on fit(ckpt_path=...): setup sizes the queue from the arguments, then the
+    # checkpoint's queue (another size: another batch or dataset when it was saved) replaces it
+    task = make_task(queue_size=None, train_size=200, batch_size=8)
+    task._trainer = fake_trainer()
+    task.setup("fit")
+    saved = F.normalize(torch.randn(24, OUT_DIM), dim=1)
+    ckpt = {"state_dict": {**task.state_dict(), "queue.queue": saved, "queue.ptr": torch.tensor(5)}}
+    task.on_load_checkpoint(ckpt)
+    task.load_state_dict(ckpt["state_dict"])
+    assert torch.equal(task.queue.queue, saved) and int(task.queue.ptr) == 5
 
 
 def test_load_checkpoint_resizes_the_queue_to_the_checkpoints() -> None:

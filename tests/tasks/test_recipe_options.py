@@ -18,6 +18,7 @@ from noisyseg.data.vts import VTS_MEAN, VTS_STD
 from noisyseg.models.encoders import build_encoder
 from noisyseg.tasks import DenseContrastTask, DINOTask, MoCoTask, SegmentationTask
 from noisyseg.tasks.base import LR_SCHEDULES, BaseTask, constant, warmup_constant, warmup_cosine
+from noisyseg.tasks.links import data_links
 from noisyseg.tasks.segmentation import input_correction
 from noisyseg.transforms.batch import SEGMENTATION_PRESETS
 
@@ -149,7 +150,13 @@ def test_training_step_applies_the_preset(one_thread):
         seen.append(task.augment.preset)
         return x.flip(-1), y.flip(-1)
 
-    task.augment = type("Spy", (), {"preset": "hflip", "__call__": staticmethod(spy)})()
+    class Spy(nn.Module):  # the task's augmentation is a module (a YAML class_path may replace it)
+        preset = "hflip"
+
+        def forward(self, x, y):
+            return spy(x, y)
+
+    task.augment = Spy()
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 2, (2, 32, 32))
     task.model.eval()
     loss = task.training_step({IMAGE: x, "mask": y}, 0)
@@ -324,9 +331,11 @@ def normalised_file(tmp_path):
 
 def test_encoder_normalisation_maps_every_batch(normalised_file, tmp_path, one_thread):
     out = tmp_path / "out.safetensors"
-    task = _Spy(encoder_path=normalised_file, augment="none", encoder_out=str(out))  # normalization="auto"
+    data = _vts_data(val=True)
+    task = _Spy(encoder_path=normalised_file, augment="none", encoder_out=str(out),  # normalization="auto"
+                **data_links(_Spy, data))  # as noisyseg fit links them
     with _info_lines() as lines:
-        _trainer(2).fit(task, datamodule=_vts_data(val=True))
+        _trainer(2).fit(task, datamodule=data)
     assert task.normalization_used == "encoder"
     assert sum("normalization='auto': inputs mapped to the encoder file's normalisation" in ln for ln in lines) == 1
     mean, std = torch.tensor(ENC_NORM["mean"]).view(1, 3, 1, 1), torch.tensor(ENC_NORM["std"]).view(1, 3, 1, 1)
@@ -339,8 +348,10 @@ def test_encoder_normalisation_maps_every_batch(normalised_file, tmp_path, one_t
 
 def test_dataset_normalisation_leaves_batches(normalised_file, tmp_path, one_thread):
     out = tmp_path / "out.safetensors"
-    task = _Spy(encoder_path=normalised_file, augment="none", normalization="dataset", encoder_out=str(out))
-    _trainer(1).fit(task, datamodule=_vts_data())
+    data = _vts_data()
+    task = _Spy(encoder_path=normalised_file, augment="none", normalization="dataset", encoder_out=str(out),
+                **data_links(_Spy, data))
+    _trainer(1).fit(task, datamodule=data)
     assert task.normalization_used == "dataset"
     assert torch.equal(task.given[0], task.seen[0])
     assert read_encoder(out)[1]["normalization"] == {"mean": [VTS_MEAN] * 3, "std": [VTS_STD] * 3}
@@ -365,12 +376,17 @@ def test_normalisation_errors_and_auto_fallback(normalised_file, tmp_path, one_t
         SegmentationTask(encoder_path=bare, normalization="encoder")
     with pytest.raises(ValueError, match="normalization='per_band'; valid"):
         SegmentationTask(normalization="per_band")
-    task = SegmentationTask(encoder_path=normalised_file, normalization="encoder")
-    with pytest.raises(ValueError, match=r"split\(s\) train \(_Unstated\) states none"):
-        _trainer(1).fit(task, datamodule=DataModule(train=_Unstated(), batch_size=2))
-    task = _Spy(encoder_path=normalised_file, augment="none")  # auto: falls back, says why
+    unstated = DataModule(train=_Unstated(), batch_size=2)
+    task = SegmentationTask(encoder_path=normalised_file, normalization="encoder",
+                            **data_links(SegmentationTask, unstated))
+    with pytest.raises(ValueError, match=r"split\(s\) train state none \(split_normalization=\{'train': None\}"):
+        _trainer(1).fit(task, datamodule=unstated)
+    task = SegmentationTask(encoder_path=normalised_file, normalization="encoder")  # nothing linked: none stated
+    with pytest.raises(ValueError, match=r"split\(s\) train, val state none \(split_normalization=\{\}"):
+        _trainer(1).fit(task, datamodule=_vts_data(val=True))
+    task = _Spy(encoder_path=normalised_file, augment="none", **data_links(_Spy, unstated))  # auto: falls back
     with _info_lines() as lines:
-        _trainer(1).fit(task, datamodule=DataModule(train=_Unstated(), batch_size=2))
+        _trainer(1).fit(task, datamodule=unstated)
     assert task.normalization_used == "dataset" and torch.equal(task.given[0], task.seen[0])
     assert any("normalization='auto': dataset" in ln for ln in lines)
     two = str(save_encoder(tmp_path / "two.safetensors", build_encoder("resnet18", 3), "resnet18",

@@ -32,7 +32,8 @@ def test_frozen_encoder_params_and_bn_buffers_bit_identical(tmp_path):
 
 def test_finetune_changes_encoder_and_exports(tmp_path):
     out = tmp_path / "enc.safetensors"
-    task = SegmentationTask(decoder="unet", num_classes=2, encoder_out=str(out))
+    norm = VTSSegmentation("train", length=1, size=32).normalization  # as noisyseg fit links it from the data
+    task = SegmentationTask(decoder="unet", num_classes=2, encoder_out=str(out), input_normalization=norm)
     before = {k: v.clone() for k, v in task.encoder.state_dict().items()}
     _fit(task, label_noise={"flip_rate": 0.3})
     state, meta = read_encoder(out)

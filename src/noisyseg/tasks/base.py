@@ -19,13 +19,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from noisyseg.checkpoints import save_encoder
 from noisyseg.data.sample import IMAGE, IMAGE2, META
 from noisyseg.distributed import is_dist
-from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
 from noisyseg.runfiles import check_output_file, remove_stale_temp
 from noisyseg.runtime import keep_freed_memory
 
@@ -87,6 +85,9 @@ class BaseTask(L.LightningModule):
             ``warmup_fraction`` of the steps, then cosine to 0), ``"warmup_constant"`` (the same
             warm-up, then constant) or ``"constant"`` (``lr`` at every step, no warm-up whatever
             ``warmup_fraction`` says).
+        input_normalization: ``{"mean": [C], "std": [C]}`` the training data was normalised with,
+            recorded in the encoder file (``None``: none recorded). ``noisyseg fit`` links it from
+            the data module's ``normalization`` (:data:`noisyseg.tasks.links.DATA_LINKS`).
 
     Raises:
         ValueError: unknown ``optimizer`` or ``lr_schedule``, ``lr <= 0``, ``warmup_fraction``
@@ -104,6 +105,7 @@ class BaseTask(L.LightningModule):
         encoder_out: str | None = None,
         method: str = "unknown",
         lr_schedule: str = "warmup_cosine",
+        input_normalization: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("adamw", "sgd"):
@@ -117,6 +119,7 @@ class BaseTask(L.LightningModule):
         self.arch, self.lr, self.weight_decay, self.optimizer_name = arch, lr, weight_decay, optimizer
         self.warmup_fraction, self.channels_last, self.lr_schedule = warmup_fraction, channels_last, lr_schedule
         self.encoder_out, self.method = encoder_out, method
+        self.input_normalization = input_normalization
         self.encoder: nn.Module  # set by subclasses
 
     # ----------------------------------------------------------------------------- fast path
@@ -221,19 +224,6 @@ class BaseTask(L.LightningModule):
         return (f"the last saved checkpoint is the last good one ({path}, global step {step}: weights and "
                 "BatchNorm statistics all finite)")
 
-    def log_health(self, z: torch.Tensor, every: int = 20) -> None:
-        """Log collapse statistics of embeddings ``z [N, D]`` every ``every`` steps; warn on collapse."""
-        if self.global_step % every or z.shape[0] < 2:
-            return
-        std, rank = embedding_std(z), effective_rank(z)
-        self.log_dict({"health/embedding_std": std, "health/effective_rank": rank}, batch_size=z.shape[0])
-        if is_collapsed(std, rank) and self.global_step > 0:
-            rank_zero_warn(
-                f"representation collapse at step {self.global_step}: normalised embedding std x sqrt(D) = "
-                f"{std:.3f} (healthy ~1), effective rank = {rank:.2f} of {min(z.shape)}; lower the learning rate "
-                "or check that the two views differ"
-            )
-
     # ----------------------------------------------------------------------------- export
     def training_summary(self) -> dict[str, Any]:
         """What the encoder file records about how the weights were trained."""
@@ -247,8 +237,8 @@ class BaseTask(L.LightningModule):
         }
 
     def normalization(self) -> dict[str, Any] | None:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        return getattr(dm, "normalization", None)
+        """The inputs' normalisation, recorded in the encoder file: ``input_normalization``."""
+        return self.input_normalization
 
     def export_encoder(self, path: str) -> None:
         """Write ``self.encoder`` as an encoder file (contiguous, standard memory format)."""

@@ -12,23 +12,29 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from noisyseg.data.sample import IGNORE_INDEX, IMAGE, IMAGE2, MASK, MASK2
 from noisyseg.losses.dense import CrossImageLoss, WithinImageLoss, downsample_labels
 from noisyseg.models.encoders import build_encoder, last_features
 from noisyseg.models.heads import DenseProjection
 from noisyseg.tasks.base import BaseTask
+from noisyseg.tasks.health import RepresentationHealth
+from noisyseg.tasks.links import DATA_LINKS
 from noisyseg.transforms.batch import ContrastiveView
 
 DENSE_LOSSES = {"within": WithinImageLoss, "cross": CrossImageLoss}
 
 
-class DenseContrastTask(BaseTask):
+class DenseContrastTask(RepresentationHealth, BaseTask):
     """Pixel-level supervised contrastive pretraining.
 
+    The encoder, the projection head, the loss and the augmentation are arguments (``class_path``
+    / ``init_args`` in YAML); each left ``None`` is built from the options below.
+
     Args:
-        arch: ResNet architecture.
-        in_channels: input bands.
+        arch: ResNet architecture (of the default encoder; recorded in the encoder file).
+        in_channels: input bands of the default encoder.
         mode: ``within`` (pairs of pixels inside one image's two views) or ``cross`` (also pixels
             of another image of the batch that is not the positive partner).
         feature_size: S, side of the resized feature map.
@@ -37,6 +43,16 @@ class DenseContrastTask(BaseTask):
         binarize: labels > 0 become 1 (background vs building, as the paper does for xBD).
         ignore_index: label that is never an anchor nor a contrast.
         crop_scale: random-resized-crop area range of the views.
+        encoder: the encoder (stride-ordered feature maps, ``out_channels``); ``None``:
+            ``build_encoder(arch, in_channels)``.
+        projection_head: ``[B, C, S, S] -> [B, D, S, S]`` on the resized last map; ``None``:
+            :class:`~noisyseg.models.heads.DenseProjection` ``(C, proj_dim, proj_dim)``.
+        loss: ``loss(z1, z2 [B, D, S, S], labels1, labels2 [B, S, S]) -> scalar``; ``None``: the
+            ``mode``'s loss of :data:`DENSE_LOSSES` from ``temperature``, ``ignore_index`` and
+            ``binarize``.
+        augmentation: ``view(image [B, C, H, W], mask [B, H, W]) -> (view, mask)``, drawn
+            independently for both views; ``None``:
+            :class:`~noisyseg.transforms.batch.ContrastiveView` ``(scale=crop_scale)``.
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options.
     """
 
@@ -59,20 +75,27 @@ class DenseContrastTask(BaseTask):
         encoder_out: str | None = None,
         method: str | None = None,
         lr_schedule: str = "warmup_cosine",
+        encoder: nn.Module | None = None,
+        projection_head: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        augmentation: nn.Module | None = None,
+        input_normalization: dict[str, list[float]] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         super().__init__(
             arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method or f"dense-{mode}",
-            lr_schedule,
+            lr_schedule, input_normalization,
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["encoder", "projection_head", "loss", "augmentation", *DATA_LINKS])
         if mode not in DENSE_LOSSES:
             raise ValueError(f"mode={mode!r}; valid: {sorted(DENSE_LOSSES)}")
         if feature_size < 1:
             raise ValueError(f"feature_size={feature_size} must be >= 1")
-        self.encoder = build_encoder(arch, in_channels)
-        self.projection = DenseProjection(self.encoder.out_channels[-1], proj_dim, proj_dim)
-        self.loss_fn = DENSE_LOSSES[mode](temperature, ignore_index, binarize)
-        self.view = ContrastiveView(scale=tuple(crop_scale))
+        self.encoder = encoder if encoder is not None else build_encoder(arch, in_channels)
+        if projection_head is None:
+            projection_head = DenseProjection(self.encoder.out_channels[-1], proj_dim, proj_dim)
+        self.projection = projection_head
+        self.loss_fn = loss if loss is not None else DENSE_LOSSES[mode](temperature, ignore_index, binarize)
+        self.view = augmentation if augmentation is not None else ContrastiveView(scale=tuple(crop_scale))
         self.feature_size = feature_size
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

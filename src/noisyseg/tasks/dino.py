@@ -19,16 +19,21 @@ from noisyseg.models.encoders import build_encoder
 from noisyseg.models.heads import DINOHead
 from noisyseg.models.momentum import cosine_schedule, momentum_update
 from noisyseg.tasks.base import BaseTask
+from noisyseg.tasks.health import RepresentationHealth
+from noisyseg.tasks.links import DATA_LINKS
 from noisyseg.tasks.moco import EncoderWithHead
 from noisyseg.transforms.batch import ContrastiveView
 
 
-class DINOTask(BaseTask):
+class DINOTask(RepresentationHealth, BaseTask):
     """DINO with multi-crop for a ResNet encoder.
 
+    The encoder, the DINO head, the loss and the global and local augmentations are arguments
+    (``class_path`` / ``init_args`` in YAML); each left ``None`` is built from the options below.
+
     Args:
-        arch: ResNet architecture.
-        in_channels: input bands.
+        arch: ResNet architecture (of the default encoder; recorded in the encoder file).
+        in_channels: input bands of the default encoder.
         out_dim: prototypes of the DINO head (reference: 65536; 4096 here for small data).
         hidden_dim, bottleneck_dim: head sizes (reference: 2048, 256).
         n_local_crops: local views (reference: 8; default 4 for a CPU).
@@ -40,7 +45,19 @@ class DINOTask(BaseTask):
             rises linearly over the warm-up epochs (reference for ResNet: 0.04 -> 0.07).
         center_momentum: 0.9.
         momentum_teacher: base EMA momentum, scheduled to 1 by cosine (reference: 0.996).
-        freeze_last_layer_epochs: keep the head's last layer fixed this long (stabilises start).
+        freeze_last_layer_epochs: keep the head's last layer (``head.last_layer``) fixed this long
+            (stabilises the start).
+        encoder: the encoder (stride-ordered feature maps, ``out_channels``); ``None``:
+            ``build_encoder(arch, in_channels)``.
+        head: ``[B, C, h, w] -> [B, K]`` on the encoder's last map; ``None``:
+            :class:`~noisyseg.models.heads.DINOHead` ``(C, out_dim, hidden_dim, bottleneck_dim)``.
+        loss: ``loss(student [V, B, K], teacher [2, B, K], epoch) -> scalar``; ``None``:
+            :class:`~noisyseg.losses.dino.DINOLoss` from ``out_dim`` and the temperatures.
+        global_augmentation: ``view(image [B, C, H, W]) -> (view, None)`` of both global views;
+            ``None``: :class:`~noisyseg.transforms.batch.ContrastiveView` ``(scale=global_scale)``.
+        local_augmentation: the same for the local views, their size its own; ``None``: a
+            :class:`~noisyseg.transforms.batch.ContrastiveView` of ``local_scale`` and side
+            ``local_size_ratio`` x the input's (at least 8).
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options.
     """
 
@@ -70,29 +87,47 @@ class DINOTask(BaseTask):
         encoder_out: str | None = None,
         method: str = "dino",
         lr_schedule: str = "warmup_cosine",
+        encoder: nn.Module | None = None,
+        head: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        global_augmentation: nn.Module | None = None,
+        local_augmentation: nn.Module | None = None,
+        input_normalization: dict[str, list[float]] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule,
+            input_normalization,
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(
+            ignore=["encoder", "head", "loss", "global_augmentation", "local_augmentation", *DATA_LINKS]
+        )
         if n_local_crops < 0:
             raise ValueError(f"n_local_crops={n_local_crops} must be >= 0")
         if not 0.0 < local_size_ratio <= 1.0:
             raise ValueError(f"local_size_ratio={local_size_ratio} must lie in (0, 1]")
-        self.encoder = build_encoder(arch, in_channels)
-        head = DINOHead(self.encoder.out_channels[-1], out_dim, hidden_dim, bottleneck_dim)
+        if head is not None and freeze_last_layer_epochs > 0 and not hasattr(head, "last_layer"):
+            raise ValueError(f"freeze_last_layer_epochs={freeze_last_layer_epochs} freezes head.last_layer, but the "
+                             f"head {type(head).__name__} has none: set freeze_last_layer_epochs to 0")
+        self.encoder = encoder if encoder is not None else build_encoder(arch, in_channels)
+        if head is None:
+            head = DINOHead(self.encoder.out_channels[-1], out_dim, hidden_dim, bottleneck_dim)
         self.student = EncoderWithHead(self.encoder, head)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
-        self.loss_fn = DINOLoss(
-            out_dim,
-            warmup_teacher_temp,
-            teacher_temp,
-            warmup_teacher_temp_epochs,
-            max(1, warmup_teacher_temp_epochs),
-            student_temp,
-            center_momentum,
-        )
-        self.global_view = ContrastiveView(scale=tuple(global_scale))
+        if loss is None:
+            loss = DINOLoss(
+                out_dim,
+                warmup_teacher_temp,
+                teacher_temp,
+                warmup_teacher_temp_epochs,
+                max(1, warmup_teacher_temp_epochs),
+                student_temp,
+                center_momentum,
+            )
+        self.loss_fn = loss
+        if global_augmentation is None:
+            global_augmentation = ContrastiveView(scale=tuple(global_scale))
+        self.global_view = global_augmentation
+        self.local_view = local_augmentation  # None: sized from each batch's input
         self.local_scale, self.local_size_ratio, self.n_local = tuple(local_scale), local_size_ratio, n_local_crops
         self.momentum_teacher, self.freeze_last_layer_epochs = momentum_teacher, freeze_last_layer_epochs
 
@@ -103,8 +138,10 @@ class DINOTask(BaseTask):
         img = batch[IMAGE]  # B x C x H x W
         g1, _ = self.global_view(img)
         g2, _ = self.global_view(batch.get(IMAGE2, img))
-        local_size = max(8, int(round(img.shape[-1] * self.local_size_ratio)))
-        local_view = ContrastiveView(size=local_size, scale=self.local_scale)
+        local_view = self.local_view
+        if local_view is None:
+            local_size = max(8, int(round(img.shape[-1] * self.local_size_ratio)))
+            local_view = ContrastiveView(size=local_size, scale=self.local_scale)
         locals_ = [local_view(img)[0] for _ in range(self.n_local)]  # N x (B x C x s x s)
         globals_ = torch.cat([g1, g2])  # 2B x C x H x W: one pass for both global views
         s_global = self.student(self._cl(globals_)).view(2, img.shape[0], -1)  # 2 x B x K

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from noisyseg.data.sample import IMAGE, IMAGE2
-from noisyseg.distributed import world_size
 from noisyseg.losses.infonce import InfoNCELoss
 from noisyseg.models.encoders import build_encoder, last_features
 from noisyseg.models.heads import ProjectionMLP
 from noisyseg.models.momentum import KeyQueue, batch_shuffle, batch_unshuffle, momentum_update, split_batchnorm
 from noisyseg.tasks.base import BaseTask
+from noisyseg.tasks.health import RepresentationHealth
+from noisyseg.tasks.links import DATA_LINKS
 from noisyseg.transforms.batch import ContrastiveView
 
 
@@ -50,17 +51,22 @@ def default_queue_size(dataset_len: int, global_batch: int, cap: int = 65536) ->
     return max(global_batch, k)
 
 
-class MoCoTask(BaseTask):
+class MoCoTask(RepresentationHealth, BaseTask):
     """MoCo v2: query encoder + MLP head, momentum key encoder, queue of negatives.
 
+    The encoder, the projection head, the loss and the augmentation are arguments (``class_path``
+    / ``init_args`` in YAML); each left ``None`` is built from the options below as MoCo v2 has it.
+
     Args:
-        arch: ResNet architecture.
-        in_channels: input bands.
-        queue_size: negatives in the queue; ``None`` scales it to the dataset
-            (:func:`default_queue_size`).
+        arch: ResNet architecture (of the default encoder; recorded in the encoder file).
+        in_channels: input bands of the default encoder.
+        queue_size: negatives in the queue; ``None`` scales it to the training set
+            (:func:`default_queue_size` of ``train_size`` and the global batch, ``batch_size`` x
+            the trainer's world size, at ``setup``).
         temperature: InfoNCE temperature (MoCo v2: 0.2).
         momentum: key-encoder EMA momentum (MoCo: 0.999).
-        hidden_dim, out_dim: projection MLP sizes (MoCo v2: 2048, 128).
+        hidden_dim, out_dim: projection MLP sizes (MoCo v2: 2048, 128); ``out_dim`` is also the
+            width of the queue, so a given ``projection_head`` must output ``out_dim`` features.
         key_bn_chunks: the key batch is shuffled and the key encoder's BatchNorm normalises this
             many sub-batches separately (:class:`~noisyseg.models.momentum.SplitBatchNorm2d`), so
             the statistics of a key never come from the same sample mix as its query's (MoCo's
@@ -71,6 +77,18 @@ class MoCoTask(BaseTask):
         fn_threshold: per-anchor FNSD cosine threshold.
         positive_min: reference/closest-mode least positive cosine.
         crop_scale: random-resized-crop area range of the views.
+        encoder: the query encoder (stride-ordered feature maps, ``out_channels``); ``None``:
+            ``build_encoder(arch, in_channels)``.
+        projection_head: ``[B, C, h, w] -> [B, out_dim]`` on the encoder's last map; ``None``:
+            :class:`~noisyseg.models.heads.ProjectionMLP` ``(C, hidden_dim, out_dim)``.
+        loss: ``loss(q [B, D], k [B, D], queue [K, D]) -> scalar``; ``None``:
+            :class:`~noisyseg.losses.infonce.InfoNCELoss` from ``temperature``, ``false_negative``,
+            ``alpha``, ``fn_threshold`` and ``positive_min``.
+        augmentation: ``view(image [B, C, H, W]) -> (view, None)``, drawn independently for both
+            views; ``None``: :class:`~noisyseg.transforms.batch.ContrastiveView` ``(scale=crop_scale)``.
+        batch_size: samples per batch and process (linked from the data module by ``noisyseg fit``);
+            sizes a null queue and is checked against the queue at ``setup``.
+        train_size: training samples (linked from the data module); sizes a null queue.
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options.
     """
 
@@ -97,37 +115,51 @@ class MoCoTask(BaseTask):
         encoder_out: str | None = None,
         method: str | None = None,
         lr_schedule: str = "warmup_cosine",
+        encoder: nn.Module | None = None,
+        projection_head: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        augmentation: nn.Module | None = None,
+        batch_size: int | None = None,
+        train_size: int | None = None,
+        input_normalization: dict[str, list[float]] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         method = method or ("moco" if false_negative == "none" else f"false-{false_negative}")
         super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule,
+            input_normalization,
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["encoder", "projection_head", "loss", "augmentation", *DATA_LINKS])
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} is outside [0, 1]")
         if queue_size is not None and queue_size < 1:
             raise ValueError(f"queue_size={queue_size} must be >= 1 (or null to scale it to the dataset)")
         if key_bn_chunks < 1:
             raise ValueError(f"key_bn_chunks={key_bn_chunks} must be >= 1")
-        self.encoder = build_encoder(arch, in_channels)
-        self.query = EncoderWithHead(self.encoder, ProjectionMLP(self.encoder.out_channels[-1], hidden_dim, out_dim))
+        self.encoder = encoder if encoder is not None else build_encoder(arch, in_channels)
+        if projection_head is None:
+            projection_head = ProjectionMLP(self.encoder.out_channels[-1], hidden_dim, out_dim)
+        self.query = EncoderWithHead(self.encoder, projection_head)
         self.key = copy.deepcopy(self.query).requires_grad_(False)  # momentum encoder, never trained by SGD
         split_batchnorm(self.key, key_bn_chunks)  # same names, so momentum_update pairs them
-        self.loss_fn = InfoNCELoss(temperature, false_negative, alpha, fn_threshold, positive_min)
+        if loss is None:
+            loss = InfoNCELoss(temperature, false_negative, alpha, fn_threshold, positive_min)
+        self.loss_fn = loss
         self.momentum, self.out_dim = momentum, out_dim
-        self.view = ContrastiveView(scale=tuple(crop_scale))
+        self.view = augmentation if augmentation is not None else ContrastiveView(scale=tuple(crop_scale))
+        self.batch_size, self.train_size = batch_size, train_size
         self.queue: KeyQueue | None = KeyQueue(out_dim, queue_size) if queue_size else None
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(dm, "batch_size", None)
+        # the global batch: batch_size on each of the trainer's world_size processes
+        world = int(self.trainer.world_size)
         if self.queue is None:
-            ds = getattr(dm, "train_set", None)
-            if ds is None or batch is None:
-                raise ValueError("queue_size is null but the datamodule has no train set to scale it to")
-            self.queue = KeyQueue(self.out_dim, default_queue_size(len(ds), batch * world_size()))
-        if batch is not None:
-            self.queue.check_batch(batch, world_size())
+            if self.train_size is None or self.batch_size is None:
+                raise ValueError(f"queue_size is null but train_size={self.train_size} and batch_size="
+                                 f"{self.batch_size} do not size it: set queue_size, or give both ('noisyseg fit' "
+                                 "links them from the data module)")
+            self.queue = KeyQueue(self.out_dim, default_queue_size(self.train_size, self.batch_size * world))
+        if self.batch_size is not None:
+            self.queue.check_batch(self.batch_size, world)
         super().setup(stage)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -151,7 +183,7 @@ class MoCoTask(BaseTask):
         loss = self.check_finite(self.loss_fn(q, k, self.queue.snapshot()))
         self.queue.enqueue(k.float())
         self.log("train/loss", loss, prog_bar=True, batch_size=x1.shape[0])
-        if self.loss_fn.false_negative != "none":  # does FNSD find anything at all?
+        if getattr(self.loss_fn, "false_negative", "none") != "none":  # does FNSD find anything at all?
             self.log("train/false_negatives", float(self.loss_fn.last_false_negatives), batch_size=x1.shape[0])
         self.log_health(q)
         return loss

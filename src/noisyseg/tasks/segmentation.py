@@ -29,6 +29,7 @@ from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
 from noisyseg.models.segmentation import build_segmentation_model
 from noisyseg.tasks.base import BaseTask, batch_sources
+from noisyseg.tasks.links import DATA_LINKS
 from noisyseg.transforms.batch import SEGMENTATION_PRESETS, SegmentationAugment
 
 TRANSFER_MODES = ("auto", "encoder", "full", "decoder_blocks:K")
@@ -149,8 +150,9 @@ class SegmentationTask(BaseTask):
               normalisation to the one recorded in the encoder file (:func:`input_correction`),
               and the encoder file this task writes records the encoder's;
             * ``"dataset"`` — the inputs stay as the dataset normalised them;
-            * ``"auto"`` — ``encoder`` when ``encoder_path`` records a normalisation and the
-              dataset states its own, else ``dataset``. One log line says which.
+            * ``"auto"`` — ``encoder`` when ``encoder_path`` records a normalisation and
+              ``split_normalization`` states one for every split the stage uses, else
+              ``dataset``. One log line says which.
         loss: the training loss, e.g. a :mod:`noisyseg.losses.robust` loss (``class_path`` /
             ``init_args`` in YAML); ``None``: CE + Dice from ``ce_weight``, ``dice_weight`` and
             ``class_weights``, which must stay at their defaults when ``loss`` is given. A loss with
@@ -158,6 +160,17 @@ class SegmentationTask(BaseTask):
         encoder_lr_factor: the encoder's learning rate as a share of ``lr`` (decoder and head at
             ``lr``); e.g. ``0.1`` fine-tunes a pretrained encoder gently (see
             ``benchmarks/ab_finetune.py``). The schedule scales both groups alike.
+        model: the network, ``[B, C, H, W] -> [B, num_classes, H, W]`` logits, exposing its
+            encoder as ``.encoder`` (the part encoder files hold); ``decoder`` names its decoder in
+            the files this task writes and for ``transfer``. ``None``:
+            ``build_segmentation_model(decoder, arch, in_channels, num_classes)``.
+        augmentation: ``augmentation(image [B, C, H, W], mask [B, H, W]) -> (image, mask)`` of
+            every training batch; ``None``: the ``augment`` preset's
+            :class:`~noisyseg.transforms.batch.SegmentationAugment`. ``augment`` must stay at its
+            default when ``augmentation`` is given.
+        split_normalization: ``{"train" | "val" | "test": {"mean": [C], "std": [C]} or None}``, the
+            normalisation each split's dataset states, for ``normalization`` (``noisyseg fit``
+            links it from the data module; ``predict`` uses ``train``'s). ``None``: none stated.
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options (lr, optimizer, lr_schedule,
             encoder_out, ...).
 
@@ -195,11 +208,17 @@ class SegmentationTask(BaseTask):
         normalization: str = "auto",
         loss: nn.Module | None = None,
         encoder_lr_factor: float = 1.0,
+        model: nn.Module | None = None,
+        augmentation: nn.Module | None = None,
+        input_normalization: dict[str, list[float]] | None = None,
+        split_normalization: dict[str, dict[str, list[float]] | None] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule,
+            input_normalization,
         )
-        self.save_hyperparameters(ignore=["loss"])  # a module in hparams would break weights-only checkpoint reads
+        # modules in hparams would break weights-only checkpoint reads; linked values come from the data again
+        self.save_hyperparameters(ignore=["loss", "model", "augmentation", *DATA_LINKS])
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         if isinstance(class_weights, str) and class_weights != "inverse_frequency":
@@ -208,7 +227,13 @@ class SegmentationTask(BaseTask):
         mode, blocks = parse_transfer(transfer)
         if normalization not in NORMALIZATION_MODES:
             raise ValueError(f"normalization={normalization!r}; valid: {list(NORMALIZATION_MODES)}")
-        self.model = build_segmentation_model(decoder, arch, in_channels, num_classes)
+        if model is not None and not isinstance(getattr(model, "encoder", None), nn.Module):
+            raise ValueError(f"model={type(model).__name__} has no .encoder module: the task trains, loads and "
+                             "writes the encoder through it")
+        if augmentation is not None and augment is not True:
+            raise ValueError(f"augment={augment!r} picks a preset but augmentation={type(augmentation).__name__} "
+                             "replaces it: leave augment at its default")
+        self.model = model if model is not None else build_segmentation_model(decoder, arch, in_channels, num_classes)
         self.encoder = self.model.encoder
         self.encoder_source: dict[str, Any] = {"kind": "random"}
         self.freeze_encoder = freeze_encoder
@@ -245,7 +270,10 @@ class SegmentationTask(BaseTask):
         self.loss_fn = loss if loss is not None else CEDiceLoss(ce_weight, dice_weight, weights, ignore_index)
         self.class_names = class_names or [str(k) for k in range(num_classes)]
         self.ignore_index, self.eval_on_clean = ignore_index, eval_on_clean
-        self.augment = SegmentationAugment(preset) if preset != "none" else None
+        if augmentation is None and preset != "none":
+            augmentation = SegmentationAugment(preset)
+        self.augment = augmentation
+        self.split_normalization = dict(split_normalization or {})
         self.val_cm = ConfusionMatrix(num_classes, ignore_index)
         self.test_cm = ConfusionMatrix(num_classes, ignore_index)
         self.test_scores: dict[str, float] = {}
@@ -332,15 +360,17 @@ class SegmentationTask(BaseTask):
         """The inputs' normalisation, recorded in the encoder file this task writes."""
         return self.encoder_normalization if self.normalization_used == "encoder" else super().normalization()
 
-    def _split_normalization(self, split: str) -> tuple[dict[str, Any] | None, str] | None:
-        """The normalisation a split's dataset states and the dataset's name; ``None``: no such split."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
-            return None, "data without a datamodule"
-        if split == "predict":  # the DataModule has no predict set: the training data's normalisation
-            return getattr(dm, "normalization", None), type(dm).__name__
-        ds = getattr(dm, f"{split}_set", None)
-        return (getattr(ds, "normalization", None), type(ds).__name__) if ds is not None else None
+    def _stated_normalizations(self, splits: tuple[str, ...]) -> dict[str, dict[str, Any] | None]:
+        """The normalisation each of ``splits`` states (``None``: none), from ``split_normalization``.
+
+        ``predict`` takes ``train``'s (the DataModule has no predict set); a split the data holds no
+        dataset for is left out; with nothing given, every split states none.
+        """
+        given = self.split_normalization
+        if not given:
+            return dict.fromkeys(splits)
+        keys = {split: "train" if split == "predict" else split for split in splits}
+        return {split: given[key] for split, key in keys.items() if key in given}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -348,12 +378,13 @@ class SegmentationTask(BaseTask):
             self.normalization_used = "dataset"
             return
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("predict",))
-        stated = {split: found for split in splits if (found := self._split_normalization(split)) is not None}
-        unstated = [f"{split} ({name})" for split, (norm, name) in stated.items() if norm is None]
+        stated = self._stated_normalizations(splits)
+        unstated = [split for split, norm in stated.items() if norm is None]
         path = self.encoder_source.get("path")
         if unstated and self.normalization_mode == "encoder":
             raise ValueError(f"normalization='encoder' maps the dataset's normalisation to the one recorded in {path}, "
-                             f"but the dataset of split(s) {', '.join(unstated)} states none (no 'normalization' "
+                             f"but split(s) {', '.join(unstated)} state none (split_normalization="
+                             f"{self.split_normalization}; noisyseg fit links it from the datasets' 'normalization' "
                              "mean/std attribute); use normalization='dataset'")
         if unstated:  # auto
             self.normalization_used = "dataset"
@@ -361,7 +392,7 @@ class SegmentationTask(BaseTask):
             return
         self.normalization_used = "encoder"
         self._input_affine = {split: input_correction(norm, self.encoder_normalization)  # type: ignore[arg-type]
-                              for split, (norm, _) in stated.items()}
+                              for split, norm in stated.items()}
         rank_zero_info(f"normalization={self.normalization_mode!r}: inputs mapped to the encoder file's "
                        f"normalisation {self.encoder_normalization} (from {path})")
 

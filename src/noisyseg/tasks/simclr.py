@@ -16,11 +16,13 @@ from noisyseg.losses.ntxent import NTXentLoss
 from noisyseg.models.encoders import build_encoder
 from noisyseg.models.heads import ProjectionMLP
 from noisyseg.tasks.base import BaseTask
+from noisyseg.tasks.health import RepresentationHealth
+from noisyseg.tasks.links import DATA_LINKS
 from noisyseg.tasks.moco import EncoderWithHead
 from noisyseg.transforms.batch import ContrastiveView
 
 
-class SimCLRTask(BaseTask):
+class SimCLRTask(RepresentationHealth, BaseTask):
     """SimCLR: one encoder + MLP head on both views, NT-Xent over the 2N views of the batch.
 
     Positive pairs come from the data: ``image`` and ``image2`` (a temporal partner, or the noisy
@@ -30,9 +32,12 @@ class SimCLRTask(BaseTask):
     which SimCLR and FALSE's config use under multi-device training). Negatives are gathered
     across processes (:class:`~noisyseg.losses.ntxent.NTXentLoss`).
 
+    The encoder, the projection head, the loss and the augmentation are arguments (``class_path``
+    / ``init_args`` in YAML); each left ``None`` is built from the options below.
+
     Args:
-        arch: ResNet architecture.
-        in_channels: input bands.
+        arch: ResNet architecture (of the default encoder; recorded in the encoder file).
+        in_channels: input bands of the default encoder.
         temperature: NT-Xent temperature (FALSE config 0.5; SimCLR ImageNet 0.1).
         hidden_dim, out_dim: projection MLP sizes. Linear-ReLU-Linear, SimCLR v1's head as VISSL
             and FALSE configure it (2048, 128); deviation: SimCLR v2's 3-layer head with BN is
@@ -45,6 +50,16 @@ class SimCLRTask(BaseTask):
         crop_scale: random-resized-crop area range of the views (SimCLR: 0.08-1).
         jitter: band-jitter strength (SimCLR colour distortion strength 1: 0.8).
         optimizer: ``sgd`` by default (deviation: SimCLR and FALSE use LARS).
+        encoder: the encoder (stride-ordered feature maps, ``out_channels``); ``None``:
+            ``build_encoder(arch, in_channels)``.
+        projection_head: ``[B, C, h, w] -> [B, D]`` on the encoder's last map; ``None``:
+            :class:`~noisyseg.models.heads.ProjectionMLP` ``(C, hidden_dim, out_dim)``.
+        loss: ``loss(z1 [B, D], z2 [B, D]) -> scalar``; ``None``:
+            :class:`~noisyseg.losses.ntxent.NTXentLoss` from ``temperature``, ``false_negative``,
+            ``alpha``, ``fn_threshold`` and ``positive_min``.
+        augmentation: ``view(image [B, C, H, W]) -> (view, None)``, drawn independently for both
+            views; ``None``: :class:`~noisyseg.transforms.batch.ContrastiveView`
+            ``(scale=crop_scale, jitter=jitter)``.
         **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options.
     """
 
@@ -69,16 +84,28 @@ class SimCLRTask(BaseTask):
         encoder_out: str | None = None,
         method: str | None = None,
         lr_schedule: str = "warmup_cosine",
+        encoder: nn.Module | None = None,
+        projection_head: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        augmentation: nn.Module | None = None,
+        input_normalization: dict[str, list[float]] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         method = method or ("simclr" if false_negative == "none" else f"simclr-false-{false_negative}")
         super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule
+            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule,
+            input_normalization,
         )
-        self.save_hyperparameters()
-        self.encoder = build_encoder(arch, in_channels)
-        self.model = EncoderWithHead(self.encoder, ProjectionMLP(self.encoder.out_channels[-1], hidden_dim, out_dim))
-        self.loss_fn = NTXentLoss(temperature, false_negative, alpha, fn_threshold, positive_min)
-        self.view = ContrastiveView(scale=tuple(crop_scale), jitter=jitter)
+        self.save_hyperparameters(ignore=["encoder", "projection_head", "loss", "augmentation", *DATA_LINKS])
+        self.encoder = encoder if encoder is not None else build_encoder(arch, in_channels)
+        if projection_head is None:
+            projection_head = ProjectionMLP(self.encoder.out_channels[-1], hidden_dim, out_dim)
+        self.model = EncoderWithHead(self.encoder, projection_head)
+        if loss is None:
+            loss = NTXentLoss(temperature, false_negative, alpha, fn_threshold, positive_min)
+        self.loss_fn = loss
+        if augmentation is None:
+            augmentation = ContrastiveView(scale=tuple(crop_scale), jitter=jitter)
+        self.view = augmentation
 
     def views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Two independently augmented views: of ``image`` and of its partner ``image2``."""
@@ -94,7 +121,7 @@ class SimCLRTask(BaseTask):
         z1, z2 = self.model(x).chunk(2)  # B x D each: row i of z2 is the partner of row i of z1
         loss = self.check_finite(self.loss_fn(z1, z2))
         self.log("train/loss", loss, prog_bar=True, batch_size=x1.shape[0])
-        if self.loss_fn.false_negative != "none":  # does FNSD find anything at all?
+        if getattr(self.loss_fn, "false_negative", "none") != "none":  # does FNSD find anything at all?
             self.log("train/false_negatives", float(self.loss_fn.last_false_negatives), batch_size=x1.shape[0])
         self.log_health(z1)
         return loss

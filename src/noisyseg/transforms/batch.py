@@ -8,6 +8,10 @@ Here every op works on ``[B, C, H, W]`` for any ``C`` with a handful of batched 
   identically to the image and its mask (nearest), and exact D4 flips/rotations;
 * photometry — per-sample, per-band brightness/contrast jitter, band-mean "greyscale", Gaussian
   blur and noise: no op mixes bands in an RGB-specific way.
+
+:class:`SegmentationAugment` and :class:`ContrastiveView` are ``nn.Module``s (without parameters),
+the defaults of the tasks' ``augmentation`` arguments: a config replaces them with any module of
+the same call by ``class_path``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from noisyseg.data.sample import IGNORE_INDEX
 
@@ -187,7 +192,7 @@ def _random_flips(
     return tuple(res)
 
 
-class SegmentationAugment:
+class SegmentationAugment(nn.Module):
     """Training augmentation for supervised segmentation, chosen by preset name.
 
     Presets (:data:`SEGMENTATION_PRESETS`):
@@ -209,6 +214,7 @@ class SegmentationAugment:
     """
 
     def __init__(self, preset: str = "d4_jitter", jitter: float = 0.1) -> None:
+        super().__init__()
         if preset not in SEGMENTATION_PRESETS:
             valid = ", ".join(SEGMENTATION_PRESETS)
             raise ValueError(f"augmentation preset {preset!r} is unknown; valid presets: {valid}")
@@ -216,7 +222,7 @@ class SegmentationAugment:
             raise ValueError(f"jitter={jitter}; use an amplitude >= 0 (0 disables)")
         self.preset, self.jitter = preset, jitter
 
-    def __call__(
+    def forward(
         self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [B,C,H,W]``, ``mask [B,H,W]`` -> augmented image and mask, same shapes."""
@@ -230,7 +236,7 @@ class SegmentationAugment:
         return image, mask
 
 
-class ContrastiveView:
+class ContrastiveView(nn.Module):
     """One MoCo v2-style view of a batch, band-agnostic (Chen et al. 2020, "Improved Baselines").
 
     Random resized crop (scale 0.2–1) + flip, band jitter (p 0.8), band-mean grey (p 0.2), Gaussian
@@ -250,9 +256,10 @@ class ContrastiveView:
         grey_p: float = 0.2,
         blur_p: float = 0.5,
     ) -> None:
+        super().__init__()
         self.size, self.scale, self.jitter, self.grey_p, self.blur_p = size, tuple(scale), jitter, grey_p, blur_p
 
-    def __call__(
+    def forward(
         self, image: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``image [B,C,H,W]``, optional ``mask [B,H,W]`` -> augmented view and its labels.
