@@ -10,6 +10,7 @@ from torch import nn
 
 from noisyseg.models.encoders import build_encoder
 from noisyseg.models.fast_conv import SmallMapConv2d, _MatmulConv, use_small_map_convs
+from noisyseg.runtime import use_matmul_convs
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,7 @@ def test_matmul_route_is_taken_only_for_tiny_bf16_maps(monkeypatch) -> None:
 
 
 def test_encoders_keep_their_state_dict_names() -> None:
-    enc = build_encoder("resnet18")
+    enc = use_matmul_convs(build_encoder("resnet18"))
     assert isinstance(enc.layer4[0].conv1, SmallMapConv2d)
     plain = copy.deepcopy(enc)
     for m in plain.modules():
@@ -87,12 +88,12 @@ def test_encoders_keep_their_state_dict_names() -> None:
 
 @pytest.mark.parametrize("decoder", ["unet", "deeplabv3plus", "pspnet", "fcn"])
 def test_segmentation_models_take_the_route_and_load_into_plain_smp(decoder, monkeypatch) -> None:
-    """smp builds its own encoder: the segmentation model converts it, keeping every state-dict name."""
+    """smp builds its own encoder: the acceleration layer converts the whole model, keeping every state-dict name."""
     import segmentation_models_pytorch as smp
 
     from noisyseg.models.segmentation import build_segmentation_model
 
-    model = build_segmentation_model(decoder, "resnet18", 3, 2)
+    model = use_matmul_convs(build_segmentation_model(decoder, "resnet18", 3, 2))
     assert isinstance(model.encoder.layer4[1].conv1, SmallMapConv2d)
     assert not any(type(m) is nn.Conv2d for m in model.modules())
     if decoder != "fcn":

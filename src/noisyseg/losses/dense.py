@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisyseg.distributed import gather, gather_no_grad, rank
+from noisyseg.runtime import fp32_forward
 
 __all__ = ["CrossImageLoss", "WithinImageLoss", "downsample_labels"]
 
@@ -85,7 +86,7 @@ class _PixelContrast(nn.Module):
                 f"got {tuple(features.shape)} and {tuple(labels.shape)}; resize labels with "
                 "noisyseg.losses.dense.downsample_labels"
             )
-        f = F.normalize(features.float(), dim=1)  # [B, D, S, S] unit vector per pixel
+        f = F.normalize(features, dim=1)  # [B, D, S, S] unit vector per pixel (fp32: forward)
         f = f.flatten(2).transpose(1, 2)  # [B, S*S, D]
         lab = labels.flatten(1).long()  # [B, S*S]
         if self.binarize:  # xBD in the paper: background vs building, ignore stays ignore
@@ -172,6 +173,7 @@ class WithinImageLoss(_PixelContrast):
         ValueError: non-positive temperature.
     """
 
+    @fp32_forward
     def forward(
         self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor
     ) -> Tensor:
@@ -189,14 +191,13 @@ class WithinImageLoss(_PixelContrast):
         Raises:
             ValueError: mismatched shapes.
         """
-        with torch.autocast(device_type=features1.device.type, enabled=False):
-            f1, l1, f2, l2 = self._prepare_views(features1, features2, labels1, labels2)  # [B, P, D], [B, P]
-            if self.reference:  # each view on its own, summed
-                return self._reference_loss(f1, l1) + self._reference_loss(f2, l2)
-            f = torch.cat([f1, f2], dim=1)  # [B, 2P, D]
-            lab = torch.cat([l1, l2], dim=1)  # [B, 2P]
-            all_cols = torch.ones(f.shape[1], dtype=torch.bool, device=f.device)  # [2P]
-            return self._loss(f, lab, f.shape[1], all_cols)
+        f1, l1, f2, l2 = self._prepare_views(features1, features2, labels1, labels2)  # [B, P, D], [B, P]
+        if self.reference:  # each view on its own, summed
+            return self._reference_loss(f1, l1) + self._reference_loss(f2, l2)
+        f = torch.cat([f1, f2], dim=1)  # [B, 2P, D]
+        lab = torch.cat([l1, l2], dim=1)  # [B, 2P]
+        all_cols = torch.ones(f.shape[1], dtype=torch.bool, device=f.device)  # [2P]
+        return self._loss(f, lab, f.shape[1], all_cols)
 
 
 class CrossImageLoss(_PixelContrast):
@@ -245,6 +246,7 @@ class CrossImageLoss(_PixelContrast):
             )
         self.negatives_from_partner = bool(negatives_from_partner)
 
+    @fp32_forward
     def forward(
         self, features1: Tensor, features2: Tensor, labels1: Tensor, labels2: Tensor
     ) -> Tensor:
@@ -253,24 +255,23 @@ class CrossImageLoss(_PixelContrast):
         Raises:
             ValueError: mismatched shapes, or fewer than 2 images in the global batch.
         """
-        with torch.autocast(device_type=features1.device.type, enabled=False):
-            f1, l1, f2, l2 = self._prepare_views(features1, features2, labels1, labels2)  # [B, P, D], [B, P]
-            b, p = l1.shape
-            f2_all = gather(f2)  # [W*B, P, D], gradients reach the local shard
-            l2_all = gather_no_grad(l2)  # [W*B, P]
-            n_global = f2_all.shape[0]
-            if n_global < 2:
-                raise ValueError(
-                    f"CrossImageLoss needs at least 2 images in the global batch, got {n_global}"
-                )
-            partner = (torch.arange(b, device=f1.device) + rank() * b + 1) % n_global  # [B]
-            if self.reference:  # view 1 of the image, view 2 of its partner
-                f = torch.cat([f1, f2_all[partner]], dim=1)  # [B, 2P, D]
-                lab = torch.cat([l1, l2_all[partner]], dim=1)  # [B, 2P]
-                part = torch.arange(2 * p, device=f.device) // p  # [2P] 0: own, 1: partner
-                return self._reference_loss(f, lab, part)
-            f = torch.cat([f1, f2, f2_all[partner]], dim=1)  # [B, 3P, D]
-            lab = torch.cat([l1, l2, l2_all[partner]], dim=1)  # [B, 3P]
-            neg_cols = torch.ones(3 * p, dtype=torch.bool, device=f.device)  # [3P]
-            neg_cols[2 * p :] = self.negatives_from_partner
-            return self._loss(f, lab, 2 * p, neg_cols)
+        f1, l1, f2, l2 = self._prepare_views(features1, features2, labels1, labels2)  # [B, P, D], [B, P]
+        b, p = l1.shape
+        f2_all = gather(f2)  # [W*B, P, D], gradients reach the local shard
+        l2_all = gather_no_grad(l2)  # [W*B, P]
+        n_global = f2_all.shape[0]
+        if n_global < 2:
+            raise ValueError(
+                f"CrossImageLoss needs at least 2 images in the global batch, got {n_global}"
+            )
+        partner = (torch.arange(b, device=f1.device) + rank() * b + 1) % n_global  # [B]
+        if self.reference:  # view 1 of the image, view 2 of its partner
+            f = torch.cat([f1, f2_all[partner]], dim=1)  # [B, 2P, D]
+            lab = torch.cat([l1, l2_all[partner]], dim=1)  # [B, 2P]
+            part = torch.arange(2 * p, device=f.device) // p  # [2P] 0: own, 1: partner
+            return self._reference_loss(f, lab, part)
+        f = torch.cat([f1, f2, f2_all[partner]], dim=1)  # [B, 3P, D]
+        lab = torch.cat([l1, l2, l2_all[partner]], dim=1)  # [B, 3P]
+        neg_cols = torch.ones(3 * p, dtype=torch.bool, device=f.device)  # [3P]
+        neg_cols[2 * p :] = self.negatives_from_partner
+        return self._loss(f, lab, 2 * p, neg_cols)

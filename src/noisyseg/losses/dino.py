@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisyseg.distributed import all_reduce_sum, world_size
+from noisyseg.runtime import fp32_forward
 
 __all__ = ["DINOLoss"]
 
@@ -104,6 +105,7 @@ class DINOLoss(nn.Module):
         step = (self.teacher_temp - self.warmup_teacher_temp) / (w - 1)
         return self.warmup_teacher_temp + epoch * step
 
+    @fp32_forward
     def forward(self, student_output: Tensor, teacher_output: Tensor, epoch: int) -> Tensor:
         """Loss of one step; also updates the center in training mode.
 
@@ -133,15 +135,14 @@ class DINOLoss(nn.Module):
                 "2 <= V and G <= V"
             )
         tau_t = self.teacher_temperature(epoch)
-        with torch.autocast(device_type=student_output.device.type, enabled=False):
-            log_p_s = F.log_softmax(student_output.float() / self.student_temp, dim=-1)  # [V,B,K]
-            teacher = teacher_output.detach().float()  # [G, B, K]
-            p_t = F.softmax((teacher - self.center) / tau_t, dim=-1)  # [G, B, K] centred, sharp
-            ce = -torch.einsum("gbk,vbk->gv", p_t, log_p_s) / b  # [G, V] mean_b CE of each pair
-            other_view = ~torch.eye(g, v, dtype=torch.bool, device=ce.device)  # [G, V]
-            loss = ce[other_view].mean()  # skip same-view pairs
-            if self.training:  # deviation: the reference updates on every call (train-only use)
-                self.update_center(teacher)
+        log_p_s = F.log_softmax(student_output / self.student_temp, dim=-1)  # [V,B,K]
+        teacher = teacher_output.detach()  # [G, B, K]
+        p_t = F.softmax((teacher - self.center) / tau_t, dim=-1)  # [G, B, K] centred, sharp
+        ce = -torch.einsum("gbk,vbk->gv", p_t, log_p_s) / b  # [G, V] mean_b CE of each pair
+        other_view = ~torch.eye(g, v, dtype=torch.bool, device=ce.device)  # [G, V]
+        loss = ce[other_view].mean()  # skip same-view pairs
+        if self.training:  # deviation: the reference updates on every call (train-only use)
+            self.update_center(teacher)
         return loss
 
     @torch.no_grad()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisyseg.distributed import gather, rank
+from noisyseg.runtime import fp32_forward
 
 __all__ = [
     "FALSE_NEGATIVE_MODES",
@@ -245,6 +246,7 @@ class InfoNCELoss(nn.Module):
         self.threshold = float(threshold)
         self.positive_min = float(positive_min)
 
+    @fp32_forward
     def forward(self, q: Tensor, k: Tensor, queue: Tensor | None = None) -> Tensor:
         """Mean loss over the local queries.
 
@@ -266,32 +268,30 @@ class InfoNCELoss(nn.Module):
         if queue is not None and (queue.ndim != 2 or queue.shape[1] != q.shape[1]):
             raise ValueError(f"expected queue [K, {q.shape[1]}], got {tuple(queue.shape)}")
         n = q.shape[0]
-        # logits in fp32 even under bf16 autocast: bf16 rounds a logit of 1/T=5 to steps of 0.03
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            q = F.normalize(q.float(), dim=1)  # [N, D]
-            k = F.normalize(k.float(), dim=1)  # [N, D]
-            cos_pos = torch.einsum("nc,nc->n", q, k)  # positive logits: Nx1 (kept as [N] cosines)
-            if queue is not None:
-                negatives = F.normalize(queue.detach().float(), dim=1)  # [K, D]
-                cos_neg = q @ negatives.T  # negative logits: NxK
-            else:
-                k_all = gather(k)  # [W*N, D], gradients reach the local shard
-                if k_all.shape[0] < 2:
-                    raise ValueError(
-                        "InfoNCELoss without a queue needs at least 2 keys in the global batch, "
-                        f"got {k_all.shape[0]}"
-                    )
-                cos_all = q @ k_all.T  # [N, W*N]
-                own = torch.arange(n, device=q.device) + rank() * n  # [N] column of each positive
-                keep = torch.ones_like(cos_all, dtype=torch.bool)  # [N, W*N]
-                keep[torch.arange(n, device=q.device), own] = False
-                cos_neg = cos_all[keep].view(n, -1)  # negative logits: Nx(W*N-1)
-            if self.false_negative == "none":
-                return fncc_info_nce(cos_pos, cos_neg, self.temperature)
-            fn = detect_false_negatives(
-                cos_pos.detach(), cos_neg.detach(), self.false_negative,
-                self.threshold, self.positive_min, self.temperature,
-            )  # [N, K]
-            # a diagnostic, not an output: how many negatives FNSD flagged in the last call
-            self.last_false_negatives = int(fn.sum())
-            return fncc_info_nce(cos_pos, cos_neg, self.temperature, fn, self.alpha)
+        q = F.normalize(q, dim=1)  # [N, D]
+        k = F.normalize(k, dim=1)  # [N, D]
+        cos_pos = torch.einsum("nc,nc->n", q, k)  # positive logits: Nx1 (kept as [N] cosines)
+        if queue is not None:
+            negatives = F.normalize(queue.detach(), dim=1)  # [K, D]
+            cos_neg = q @ negatives.T  # negative logits: NxK
+        else:
+            k_all = gather(k)  # [W*N, D], gradients reach the local shard
+            if k_all.shape[0] < 2:
+                raise ValueError(
+                    "InfoNCELoss without a queue needs at least 2 keys in the global batch, "
+                    f"got {k_all.shape[0]}"
+                )
+            cos_all = q @ k_all.T  # [N, W*N]
+            own = torch.arange(n, device=q.device) + rank() * n  # [N] column of each positive
+            keep = torch.ones_like(cos_all, dtype=torch.bool)  # [N, W*N]
+            keep[torch.arange(n, device=q.device), own] = False
+            cos_neg = cos_all[keep].view(n, -1)  # negative logits: Nx(W*N-1)
+        if self.false_negative == "none":
+            return fncc_info_nce(cos_pos, cos_neg, self.temperature)
+        fn = detect_false_negatives(
+            cos_pos.detach(), cos_neg.detach(), self.false_negative,
+            self.threshold, self.positive_min, self.temperature,
+        )  # [N, K]
+        # a diagnostic, not an output: how many negatives FNSD flagged in the last call
+        self.last_false_negatives = int(fn.sum())
+        return fncc_info_nce(cos_pos, cos_neg, self.temperature, fn, self.alpha)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from noisyseg.distributed import gather, rank
 from noisyseg.losses.infonce import FalseNegativeMode, check_contrast_args, detect_false_negatives, fncc_info_nce
+from noisyseg.runtime import fp32_forward
 
 __all__ = ["NTXentLoss"]
 
@@ -67,6 +68,7 @@ class NTXentLoss(nn.Module):
         self.positive_min = float(positive_min)
         self.last_false_negatives = 0
 
+    @fp32_forward
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         """Mean loss over the 2N local anchors.
 
@@ -85,30 +87,29 @@ class NTXentLoss(nn.Module):
                 f"expected z1 and z2 of shape [N, D], got {tuple(z1.shape)} and {tuple(z2.shape)}"
             )
         n = z1.shape[0]
-        with torch.autocast(device_type=z1.device.type, enabled=False):  # fp32 logits
-            z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # [2N, D] view-major
-            z_all = gather(z)  # [W*2N, D] rank-major, gradients reach the local shard
-            if z_all.shape[0] < 3:
-                raise ValueError(
-                    f"NTXentLoss needs at least 2 images in the global batch, got {z_all.shape[0] // 2}"
-                )
-            rows = torch.arange(2 * n, device=z.device)  # [2N]
-            own = rows + rank() * 2 * n  # [2N] global column of each anchor
-            partner = (rows + n) % (2 * n) + rank() * 2 * n  # [2N] column of its other view
-            cos = z @ z_all.T  # [2N, W*2N]
-            cos_pos = cos[rows, partner]  # positive logits: 2N
-            keep = torch.ones_like(cos, dtype=torch.bool)  # [2N, W*2N]
-            keep[rows, own] = False
-            keep[rows, partner] = False
-            cos_neg = cos[keep].view(2 * n, -1)  # negative logits: 2N x (W*2N-2)
-            if self.false_negative == "none":
-                return fncc_info_nce(cos_pos, cos_neg, self.temperature)
-            cols = torch.arange(z_all.shape[0], device=z.device)  # [W*2N]
-            after = cols[None, :] > own[:, None]  # [2N, W*2N] the authors' upper triangle
-            searched = after[keep].view(2 * n, -1)  # [2N, W*2N-2]
-            fn = detect_false_negatives(
-                cos_pos.detach(), cos_neg.detach(), self.false_negative,
-                self.threshold, self.positive_min, self.temperature, searched,
-            )  # [2N, W*2N-2]
-            self.last_false_negatives = int(fn.sum())  # diagnostic: negatives flagged last call
-            return fncc_info_nce(cos_pos, cos_neg, self.temperature, fn, self.alpha)
+        z = F.normalize(torch.cat([z1, z2]), dim=1)  # [2N, D] view-major
+        z_all = gather(z)  # [W*2N, D] rank-major, gradients reach the local shard
+        if z_all.shape[0] < 3:
+            raise ValueError(
+                f"NTXentLoss needs at least 2 images in the global batch, got {z_all.shape[0] // 2}"
+            )
+        rows = torch.arange(2 * n, device=z.device)  # [2N]
+        own = rows + rank() * 2 * n  # [2N] global column of each anchor
+        partner = (rows + n) % (2 * n) + rank() * 2 * n  # [2N] column of its other view
+        cos = z @ z_all.T  # [2N, W*2N]
+        cos_pos = cos[rows, partner]  # positive logits: 2N
+        keep = torch.ones_like(cos, dtype=torch.bool)  # [2N, W*2N]
+        keep[rows, own] = False
+        keep[rows, partner] = False
+        cos_neg = cos[keep].view(2 * n, -1)  # negative logits: 2N x (W*2N-2)
+        if self.false_negative == "none":
+            return fncc_info_nce(cos_pos, cos_neg, self.temperature)
+        cols = torch.arange(z_all.shape[0], device=z.device)  # [W*2N]
+        after = cols[None, :] > own[:, None]  # [2N, W*2N] the authors' upper triangle
+        searched = after[keep].view(2 * n, -1)  # [2N, W*2N-2]
+        fn = detect_false_negatives(
+            cos_pos.detach(), cos_neg.detach(), self.false_negative,
+            self.threshold, self.positive_min, self.temperature, searched,
+        )  # [2N, W*2N-2]
+        self.last_false_negatives = int(fn.sum())  # diagnostic: negatives flagged last call
+        return fncc_info_nce(cos_pos, cos_neg, self.temperature, fn, self.alpha)

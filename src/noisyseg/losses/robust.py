@@ -3,8 +3,9 @@
 Logits ``[B, K, H, W]`` and int64 labels ``[B, H, W]``; pixels labelled ``ignore_index`` (255,
 :data:`~noisyseg.data.sample.IGNORE_INDEX`) contribute nothing, and a batch with no labelled pixel
 gives 0 with a gradient, not NaN (as :class:`~noisyseg.losses.segmentation.CEDiceLoss`). Computed
-in fp32 even under bf16 autocast. Optional ``class_weights`` weight each pixel by the weight of its
-label: the loss is ``sum_i w[y_i] l_i / sum_i w[y_i]`` over labelled pixels ``i``.
+in fp32 even under bf16 autocast (:func:`~noisyseg.runtime.fp32_forward`). Optional ``class_weights``
+weight each pixel by the weight of its label: the loss is ``sum_i w[y_i] l_i / sum_i w[y_i]`` over
+labelled pixels ``i``.
 
 Written here because no maintained library offers these for dense prediction with an ignore index:
 segmentation_models_pytorch has label smoothing only (``SoftCrossEntropyLoss``), torchgeo and
@@ -48,6 +49,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
 from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.runtime import fp32_forward
 
 BOOTSTRAP_MODES = ("soft", "hard")
 SELECTION_MODES = ("small_loss", "confident")
@@ -84,12 +86,11 @@ class PixelLoss(nn.Module):
         raise NotImplementedError
 
     def prepare(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(fp32 logits, target with ignored pixels set to 0, per-pixel weight [B, H, W])``.
+        """``(logits, target with ignored pixels set to 0, per-pixel weight [B, H, W])``; fp32 from ``forward``.
 
         Raises:
             ValueError: when the number of class weights is not the number of classes.
         """
-        logits = logits.float()  # B x K x H x W, fp32 for softmax / log-softmax
         if self.class_weights is not None and self.class_weights.numel() != logits.shape[1]:
             raise ValueError(f"{self.class_weights.numel()} class weights for {logits.shape[1]} classes")
         valid = target != self.ignore_index  # B x H x W
@@ -99,6 +100,7 @@ class PixelLoss(nn.Module):
             weight = weight * self.class_weights.to(logits.dtype)[safe]
         return logits, safe, weight
 
+    @fp32_forward
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, safe, weight = self.prepare(logits, target)
         return _weighted_mean(self.pixel_loss(logits, safe), weight)
@@ -325,6 +327,7 @@ class SmallLossSelection(nn.Module):
         """``p_y`` threshold ``confident`` applies now."""
         return self.threshold * ramp(self.progress, self.ramp_fraction)
 
+    @fp32_forward
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, safe, weight = self.criterion.prepare(logits, target)
         loss = self.criterion.pixel_loss(logits, safe)  # B x H x W
@@ -377,8 +380,8 @@ class WithDice(nn.Module):
         if inner is not None:
             inner(fraction)
 
+    @fp32_forward
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()  # B x K x H x W, fp32 for softmax
         total = logits.new_zeros(())
         if self.loss_weight:
             total = total + self.loss_weight * self.loss(logits, target)

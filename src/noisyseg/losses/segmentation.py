@@ -2,8 +2,8 @@
 
 Dice is segmentation_models_pytorch's multiclass soft Dice (batch-wise per class, classes absent
 from the target contribute 0, mean over classes). Both terms skip ``ignore_index`` pixels.
-Computed in fp32 even under bf16 autocast: softmax over a few classes in bf16 loses the small
-probabilities Dice depends on.
+Computed in fp32 even under bf16 autocast (:func:`~noisyseg.runtime.fp32_forward`): softmax over a
+few classes in bf16 loses the small probabilities Dice depends on.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
 from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.runtime import fp32_forward
 
 
 class CEDiceLoss(nn.Module):
@@ -46,8 +47,8 @@ class CEDiceLoss(nn.Module):
         self.register_buffer("class_weights", w)
         self.dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
 
+    @fp32_forward
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()  # B x K x H x W, fp32 for softmax / log-softmax
         if self.class_weights is not None and self.class_weights.numel() != logits.shape[1]:
             raise ValueError(f"{self.class_weights.numel()} class weights for {logits.shape[1]} classes")
         loss = logits.new_zeros(())

@@ -14,7 +14,6 @@ import torch
 from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 from torch import nn
 
-from noisyseg.models.fast_conv import use_small_map_convs
 
 ENCODERS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 """Supported architectures -> channels of the last feature map (the one name -> model mapping)."""
@@ -32,7 +31,9 @@ def check_arch(arch: str) -> str:
 
 
 def build_encoder(arch: str = "resnet18", in_channels: int = 3, output_stride: int = 32) -> nn.Module:
-    """A randomly initialised smp ResNet encoder.
+    """A randomly initialised smp ResNet encoder of plain torch modules.
+
+    Training speed-ups (matmul small-map convolutions) are applied by :mod:`noisyseg.runtime`.
 
     Args:
         arch: one of :data:`ENCODERS`.
@@ -48,8 +49,7 @@ def build_encoder(arch: str = "resnet18", in_channels: int = 3, output_stride: i
     check_arch(arch)
     if in_channels < 1:
         raise ValueError(f"in_channels={in_channels} must be >= 1")
-    encoder = smp.encoders.get_encoder(arch, in_channels=in_channels, depth=5, weights=None, output_stride=output_stride)
-    return use_small_map_convs(encoder)  # faster bf16 CPU training at small maps; same weights and names
+    return smp.encoders.get_encoder(arch, in_channels=in_channels, depth=5, weights=None, output_stride=output_stride)
 
 
 def last_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,34 +1,21 @@
 """A convolution computed as matmuls when its output map is small (CPU, bf16).
 
-Why by hand: on this project's CPU (oneDNN in torch 2.14, bf16, AMX) convolutions with a
-small output map — ResNet layer 4 at 128 px, the size the MoCo and UNet benchmarks train at — are
-slow in all three passes. The same convolution as ``im2col(x) @ W^T`` (forward),
-``col2im(grad_y @ W)`` (input gradient) and ``grad_y^T @ im2col(x)`` (weight gradient) is
-faster there. Measured (ms, batch 32, one thread, oneDNN vs matmul including im2col/col2im):
+Why by hand: with oneDNN's bf16 kernels, convolutions whose output map is tiny (ResNet layer 4 at
+128 px, the size the MoCo and UNet benchmarks train at: 4x4) are slow in all three passes, the
+weight gradient most. The same convolution as ``im2col(x) @ W^T`` (forward), ``col2im(grad_y @ W)``
+(input gradient) and ``grad_y^T @ im2col(x)`` (weight gradient) is faster there; at 8x8 maps the
+im2col copy competes for memory bandwidth and the matmul loses or breaks even, so the limit is
+4x4 (:data:`MAX_OUTPUT_PIXELS`). No library offers a switch for it.
 
-==========================  ============  ============  ==============  ==============
-shape (batch 32)            forward       input grad    weight grad     weight grad,
-                                                                        2 threads
-==========================  ============  ============  ==============  ==============
-512 ch, 4x4 out             6.1 vs 2.7    6.8 vs 3.1    22.1 vs 3.6     11.1 vs 1.9
-256 -> 512, stride 2, 4x4   2.4 vs 1.6    4.4 vs 1.8    12.4 vs 2.0     6.1 vs 1.2
-1x1 256 -> 512, stride 2    0.20 vs 0.27  0.60 vs 0.28
-512 ch, 8x8 out                                         29.9 vs 24.8    15.5 vs 11.9
-256 ch, 8x8 out             2.0 vs 2.6    2.0 vs 4.3    7.0 vs 6.5      3.5 vs 3.0
-128 -> 256, stride 2, 8x8   1.4 vs 1.6    1.7 vs 2.6
-128 ch, 16x16 out                                       2.8 vs 9.4      1.8 vs 4.8
-64 ch, 32x32 out                                        3.2 vs 25.3     2.0 vs 15.5
-==========================  ============  ============  ==============  ==============
-
-No library offers a switch for it, so :class:`SmallMapConv2d` takes the matmul route only where
-it was measured to win — CPU, bfloat16, groups 1, no dilation, an output of at most
-:data:`MAX_OUTPUT_PIXELS` pixels, with or without gradients (the MoCo key encoder runs under
-``no_grad``) — and is a plain :class:`torch.nn.Conv2d` everywhere else (same parameters, same
-state-dict names). Inside a MoCo step (ResNet-18, 128 px, batch 32, one thread) the weight
-gradient alone took the query forward + backward from ~445 to ~380 ms; forward and input
-gradient took ~10-17 ms more off the step (two A/B pairs of medians: 579 -> 562 and
-592 -> 583 ms). At 8x8 maps the matmul loses or breaks even (the im2col copy competes for memory
-bandwidth), so the limit is 4x4.
+The rule: :class:`SmallMapConv2d` takes the matmul route only for a call on the CPU, in
+bfloat16 (autocast or bf16 input), with groups 1, no dilation, zero padding and an output of at
+most :data:`MAX_OUTPUT_PIXELS` pixels, with or without gradients (the MoCo key encoder runs under
+``no_grad``); everywhere else it is a plain :class:`torch.nn.Conv2d` (same parameters, same
+state-dict names). The call itself decides, because the same module also runs outside the
+training's autocast (fp32 evaluation, analysis). Which modules are converted, and when, is
+decided by the acceleration switch (:class:`noisyseg.runtime.Acceleration`), not here.
+``benchmarks/bench_moco.py`` and ``benchmarks/bench_unet.py`` (``make bench``) measure the
+training steps it is for; the measurements behind the rule are in ``benchmarks/HISTORY.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +26,7 @@ from torch import Tensor, nn
 
 __all__ = ["MAX_OUTPUT_PIXELS", "SmallMapConv2d", "use_small_map_convs"]
 
-MAX_OUTPUT_PIXELS = 16  # 4x4 (see the module docstring)
+MAX_OUTPUT_PIXELS = 16  # 4x4: at 8x8 the matmul route loses or breaks even (module docstring)
 
 
 def _im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
@@ -117,7 +104,7 @@ class _MatmulConv(torch.autograd.Function):
             g_rows = gy.permute(0, 2, 3, 1).reshape(-1, k)  # N*Ho*Wo x K (a view for channels-last gy)
             gx = _col2im(g_rows @ _weight_matrix(w), ctx.x_shape, gy.shape[2:], (kh, kw), ctx.stride, ctx.padding)
         if ctx.needs_input_grad[1]:
-            # K x N*Ho*Wo row-major: the GEMM ran up to 1.9x faster than on the transposed view (bf16, AMX)
+            # K x N*Ho*Wo row-major: a faster GEMM than on the transposed view (bf16, AMX)
             g = gy.permute(1, 0, 2, 3).reshape(k, -1)  # K x N*Ho*Wo
             # K x kh*kw*C is the channels-last layout of the weight: no copy when accumulating it
             gw = (g @ cols).view(k, kh, kw, c).permute(0, 3, 1, 2)
@@ -154,7 +141,8 @@ def use_small_map_convs(module: nn.Module) -> nn.Module:
     """Turn every plain :class:`torch.nn.Conv2d` in ``module`` into a :class:`SmallMapConv2d`, in place.
 
     Parameters, buffers and their names are unchanged (checkpoints and exports are unaffected);
-    a convolution only takes the matmul route when its call meets the conditions above.
+    a convolution only takes the matmul route when its call meets the conditions above. Called
+    by the acceleration layer (:func:`noisyseg.runtime.use_matmul_convs`), not by model builders.
     """
     for child in module.children():
         if type(child) is nn.Conv2d:

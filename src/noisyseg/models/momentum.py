@@ -221,7 +221,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     ``SplitBatchNorm``): after :func:`batch_shuffle`, a key is normalised with the statistics of
     a different sample mix than its query. Only the normalisation is split; convolutions and
     everything else see the whole batch, so the network runs once per step instead of once per
-    sub-batch (on this project's CPU the 4-chunk key forward cost ~45 % more than one pass).
+    sub-batch, which measured slower (``benchmarks/bench_moco.py`` times the MoCo step, split
+    BatchNorm included; figures in ``benchmarks/HISTORY.md``).
     Results equal running the module on each sub-batch (:func:`torch.tensor_split`, sizes may
     differ by one); running statistics get one momentum update per sub-batch, in order. A
     sub-batch needs two samples, so fewer groups are used for a small batch. Eval mode is plain

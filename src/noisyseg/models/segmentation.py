@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisyseg.models.encoders import build_encoder, check_arch, last_features
-from noisyseg.models.fast_conv import use_small_map_convs
 
 
 class FCN(nn.Module):
@@ -65,7 +64,7 @@ DECODERS = {
 def build_segmentation_model(
     decoder: str = "unet", arch: str = "resnet18", in_channels: int = 3, num_classes: int = 2
 ) -> nn.Module:
-    """A segmentation model with a random encoder.
+    """A segmentation model with a random encoder (plain torch / smp modules).
 
     Raises:
         ValueError: naming the valid decoders or architectures, or a bad class/band count.
@@ -77,8 +76,7 @@ def build_segmentation_model(
         raise ValueError(f"num_classes={num_classes} must be >= 2")
     if in_channels < 1:
         raise ValueError(f"in_channels={in_channels} must be >= 1")
-    # smp builds its own encoder: its small-map convolutions get the bf16 CPU matmul route here
-    return use_small_map_convs(DECODERS[decoder](arch, in_channels, num_classes))
+    return DECODERS[decoder](arch, in_channels, num_classes)
 
 
 def decoder_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,7 +1,8 @@
 """What every noisyseg Lightning task shares: the fast path, the optimiser, health checks, export.
 
 * channels-last memory format for model and batches (oneDNN's fast bf16 convolutions want it);
-* on the CPU, glibc malloc keeps freed activation-sized blocks (:func:`~noisyseg.runtime.keep_freed_memory`);
+* the acceleration switch: a Trainer without an :class:`~noisyseg.runtime.Acceleration` callback gets
+  ``Acceleration()`` (matmul small-map convolutions on bf16 CPU runs, malloc settings);
 * AdamW or SGD; the learning rate follows one of :data:`LR_SCHEDULES` (default linear warm-up
   and cosine decay), stepped per optimiser step;
 * a NaN/Inf loss stops the run with a message naming the step (the last checkpoint stays good);
@@ -25,7 +26,7 @@ from noisyseg.checkpoints import save_encoder
 from noisyseg.data.sample import IMAGE, IMAGE2, META
 from noisyseg.distributed import is_dist
 from noisyseg.runfiles import check_output_file, remove_stale_temp
-from noisyseg.runtime import keep_freed_memory
+from noisyseg.runtime import Acceleration
 
 
 def batch_sources(batch: dict, indices: list[int] | None = None, limit: int = 3) -> str:
@@ -127,9 +128,13 @@ class BaseTask(L.LightningModule):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        # the acceleration switch for every way of running a task; a Trainer's own one decides
+        if any(isinstance(cb, Acceleration) for cb in self.trainer.callbacks):
+            return []
+        return [Acceleration()]
+
     def on_fit_start(self) -> None:
-        if self.device.type == "cpu":
-            keep_freed_memory()  # no page faults for re-allocated activations (NOISYSEG_MALLOC=system: off)
         if self.encoder_out:
             # fail now, not after the training (on_fit_end writes it); on every rank, so all stop together
             need = sum(t.numel() * t.element_size() for t in self.encoder.state_dict().values())
@@ -173,7 +178,7 @@ class BaseTask(L.LightningModule):
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
-        # one fused kernel for the whole update where torch has it (CPU: ResNet-18 SGD step 27 -> 11 ms)
+        # one fused kernel for the whole update where torch has it (a faster optimiser step on the CPU)
         fused = {"fused": True} if _fusable(params) else {}
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay, **fused)
