@@ -232,3 +232,34 @@ def test_links_give_the_task_the_datas_normalisation_batch_and_size() -> None:
     assert not hasattr(seg, "batch_size")  # a link whose target the task does not take is skipped
     bare = _linked("model: {class_path: noisyseg.tasks.MoCoTask, init_args: {out_dim: 8, hidden_dim: 16}}", _Bare())
     assert (bare.input_normalization, bare.batch_size, bare.train_size) == (None, None, None)
+
+
+def _moco_run(root, length: int, max_steps: int) -> dict:
+    """A tiny ``noisyseg fit`` config: MoCo with a null queue on ``length`` VTS pairs, batches of 4."""
+    return {
+        "seed_everything": 0,
+        "trainer": {"max_steps": max_steps, "max_epochs": 1000, "default_root_dir": str(root), "logger": False,
+                    "enable_progress_bar": False, "precision": "32-true", "enable_model_summary": False},
+        "model": {"class_path": "noisyseg.tasks.MoCoTask",
+                  "init_args": {"hidden_dim": 16, "out_dim": 8, "key_bn_chunks": 1, "queue_size": None,
+                                "channels_last": False, "encoder_out": str(root / "encoder.safetensors")}},
+        "data": {"class_path": "noisyseg.data.DataModule", "init_args": {
+            "batch_size": 4, "drop_last": True,
+            "train": {"class_path": "noisyseg.data.VTSPairs",
+                      "init_args": {"split": "train", "length": length, "size": 32}}}},
+    }
+
+
+def test_noisyseg_fit_links_the_data_and_a_resume_takes_the_checkpoints_queue(tmp_path, one_thread) -> None:
+    from noisyseg.checkpoints import read_encoder
+    from noisyseg.lightning_cli import run_config
+
+    first = run_config(_moco_run(tmp_path, length=16, max_steps=2), quiet=True)
+    task = first["model"]
+    assert (task.batch_size, task.train_size) == (4, 16)
+    assert task.queue.size == 8  # half of 16 = 8, a multiple of the global batch 4
+    norm = VTSPairs("train", length=1, size=32).normalization
+    assert read_encoder(tmp_path / "encoder.safetensors")[1]["normalization"] == norm  # linked, then written
+    # resumed on a larger training set: setup sizes a 20-key queue, the checkpoint's 8 keys replace it
+    resumed = run_config(_moco_run(tmp_path, length=40, max_steps=3), quiet=True, ckpt_path="last")["model"]
+    assert resumed.train_size == 40 and resumed.queue.size == 8 and resumed.global_step == 3
