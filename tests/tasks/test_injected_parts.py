@@ -78,7 +78,7 @@ def build(yaml: str) -> BaseTask:
     """The task a ``model:`` YAML section names, parsed and built as LightningCLI does."""
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(BaseTask, "model")
-    return parser.instantiate_classes(parser.parse_string(yaml)).model
+    return parser.instantiate(parser.parse_string(yaml)).model
 
 
 # ------------------------------------------------------------------------------ parts from YAML
@@ -217,7 +217,7 @@ def _linked(model_yaml: str, data: LightningDataModule) -> BaseTask:
     link_data_arguments(parser)
     cfg = parser.parse_string(model_yaml)
     cfg.data = data  # an instance, as LightningCLI holds it once built
-    return parser.instantiate_classes(cfg).model
+    return parser.instantiate(cfg).model
 
 
 def test_links_give_the_task_the_datas_normalisation_batch_and_size() -> None:
