@@ -120,7 +120,8 @@ def rss_mb(field: str) -> float:
 def build(config: str, root: Path, cache: Path):
     """Construct the object the configuration measures; returns it and a sample reader."""
     from noisyseg.data.index import TileIndex
-    from noisyseg.data.raster import RasterSegmentation, find_files, read_window
+    from noisyseg.data.io import find_files, read_window
+    from noisyseg.data.raster import RasterSegmentation
 
     images, masks = "images/*/*.tif", "masks/*/*.tif"
     if config == "glob":

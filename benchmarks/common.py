@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT.parent / "src"))  # run from a checkout without installing
 
-from noisyseg.checkpoints import atomic_write  # noqa: E402
+from noisyseg.runfiles import atomic_write  # noqa: E402
 
 
 def quiet() -> None:

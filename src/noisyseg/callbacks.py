@@ -18,8 +18,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from noisyseg.checkpoints import atomic_write, refused_global
-from noisyseg.runfiles import check_output_folder, remove_stale_temp
+from noisyseg.checkpoints import refused_global
+from noisyseg.runfiles import atomic_write, check_output_folder, remove_stale_temp
 
 log = logging.getLogger(__name__)
 

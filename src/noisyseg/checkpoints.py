@@ -17,14 +17,12 @@ dotted parts are listed in ``modules`` (smp: ``decoder.``/``segmentation_head.``
 the encoder tensors only; :func:`read_decoder` returns the rest, for a full-network transfer.
 
 Safetensors holds no code, so an encoder file from a stranger cannot run anything when loaded
-(unlike a pickled checkpoint). Files are written atomically (temp file + rename).
+(unlike a pickled checkpoint). Files are written atomically (:func:`~noisyseg.runfiles.atomic_write`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from noisyseg.runfiles import temp_prefix, write_failed
+from noisyseg.runfiles import atomic_write
 
 FORMAT = "noisyseg-encoder"
 VERSION = 1
@@ -41,36 +39,6 @@ VERSION = 1
 
 class EncoderFileError(ValueError):
     """An encoder file is missing, corrupt, or does not fit the model."""
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``; never a half-written file.
-
-    The temp file is ``.<name>.<random>.tmp`` beside ``path`` (:data:`noisyseg.runfiles.TEMP_NAME`);
-    it is removed when the write fails, and a later run removes one that a kill left behind.
-
-    Raises:
-        OSError: the write failed (disk full, I/O error), naming ``path`` and the free space
-            (:func:`noisyseg.runfiles.write_failed`), whatever torch or safetensors raised for it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
-    os.close(fd)
-    try:
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except (OSError, RuntimeError, SafetensorError) as e:
-            failure = write_failed(path, e)
-            if failure is None:
-                raise
-            Path(tmp).unlink(missing_ok=True)  # first, so that the free space reported is true
-            raise failure from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def refused_global(err: Exception) -> str:

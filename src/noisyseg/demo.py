@@ -27,9 +27,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from noisyseg.checkpoints import atomic_write
 from noisyseg.config import get_by_path, load_config, set_by_path
 from noisyseg.lightning_cli import run_config
+from noisyseg.runfiles import atomic_write
 from noisyseg.runtime import set_threads
 
 CLASS_NAMES = ["stratified", "veined", "matted"]

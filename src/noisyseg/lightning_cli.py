@@ -39,9 +39,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO, load_checkpoint_safely, mismatch_error
-from noisyseg.checkpoints import atomic_write
 from noisyseg.config import check_classes, yaml_error_message
 from noisyseg.data.datamodule import DataModule
+from noisyseg.runfiles import atomic_write
 from noisyseg.runtime import auto_precision, set_threads
 from noisyseg.tasks.base import BaseTask
 from noisyseg.tasks.links import link_data_arguments

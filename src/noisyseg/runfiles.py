@@ -7,10 +7,12 @@
   the file and the free space, from the exceptions torch and safetensors raise for it
   (``RuntimeError: [enforce fail at inline_container.cc:...] . unexpected pos``,
   ``SafetensorError: ... IoError``).
+* :func:`atomic_write` — the one way noisyseg writes a file: into a temp file beside it, then
+  ``os.replace`` onto the target, so a reader never sees half a file (:func:`write_json` for JSON).
 * :func:`remove_stale_temp` — the temp files a killed atomic write leaves (up to a whole
   checkpoint) are removed at the next start.
 
-Every atomic writer of noisyseg names its temp file ``.<target name>.<8 random characters>.tmp``
+The atomic writer names its temp file ``.<target name>.<8 random characters>.tmp``
 in the target's own folder (``tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")``);
 :data:`TEMP_NAME` matches exactly those names and nothing else.
 """
@@ -18,11 +20,14 @@ in the target's own folder (``tempfile.mkstemp(dir=folder, prefix=f".{name}.", s
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 """Name of an atomic writer's temp file; ``target`` is the name of the file it was to become
@@ -169,3 +174,40 @@ def write_failed(path: str | Path, err: BaseException) -> OSError | None:
     room = f"{format_bytes(free)} free in {Path(path).parent}" if free is not None else "free space unknown"
     return OSError(code or errno.EIO, f"cannot write {path}: {reason}; {room}; the partial file was "
                                       f"removed and any earlier {Path(path).name} is unchanged ({hint})")
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path``; never a half-written file.
+
+    The temp file is ``.<name>.<random>.tmp`` beside ``path`` (:data:`TEMP_NAME`); it is removed
+    when the write fails, and a later run removes one that a kill left behind. Missing folders
+    of ``path`` are created.
+
+    Raises:
+        OSError: the write failed (disk full, I/O error), naming ``path`` and the free space
+            (:func:`write_failed`), whatever torch or safetensors raised for it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+    os.close(fd)
+    try:
+        try:
+            write(tmp)
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        except Exception as e:
+            failure = write_failed(path, e)
+            if failure is None:
+                raise
+            Path(tmp).unlink(missing_ok=True)  # first, so that the free space reported is true
+            raise failure from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 1, default: Callable[[Any], Any] | None = None) -> Path:
+    """:func:`atomic_write` of ``json.dumps(obj, indent=indent, default=default)`` (UTF-8)."""
+    text = json.dumps(obj, indent=indent, default=default)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

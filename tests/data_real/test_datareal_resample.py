@@ -12,7 +12,8 @@ import rasterio
 from datareal_fixtures import make_xbd, shared_data, write_raster
 from rasterio.enums import Resampling
 
-from noisyseg.data.raster import RasterSegmentation, scaled_size
+from noisyseg.data.grid import scaled_size
+from noisyseg.data.raster import RasterSegmentation
 from noisyseg.data.sample import IGNORE_INDEX
 from noisyseg.data.splits import ConcatSources, TileSplit
 from noisyseg.data.xbd import XBDSegmentation, burn

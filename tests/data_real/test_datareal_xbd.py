@@ -13,7 +13,8 @@ from datareal_fixtures import make_xbd, shared_data, write_label
 from skimage.draw import polygon
 
 from noisyseg.data.sample import IGNORE_INDEX
-from noisyseg.data.xbd import XBDPairs, XBDSegmentation, class_weights, make_split, parse_wkt
+from noisyseg.data.stats import class_weights
+from noisyseg.data.xbd import XBDPairs, XBDSegmentation, make_split, parse_wkt
 from noisyseg.metrics.xview2 import XView2Score, xview2_score
 
 CLASSES = {"no-damage": 1, "minor-damage": 2, "major-damage": 3, "destroyed": 4, "un-classified": IGNORE_INDEX}
@@ -114,7 +115,8 @@ def test_bad_inputs(tmp_path):
     # malformed WKT in feature 1, and a polygon partly outside the 32x32 image
     lab = root / "tier3" / "labels" / "s-x_00000000_post_disaster.json"
     feats = [{"properties": {"subtype": "destroyed"}, "wkt": "POLYGON ((20 20, 40 20, 40 40, 20 40, 20 20))"},
-             {"properties": {"subtype": "destroyed"}, "wkt": "POLYGON ((1 1, 2 nope))"}]
+             {"properties": {"subtype": "destroyed"}, "wkt": "POLYGON ((1 1, 2 nope))"},
+             {"properties": {}, "wkt": "POLYGON EMPTY"}]  # burns nothing: skipped before its subtype is read
     write_label(lab, feats, 32)
     with pytest.raises(ValueError, match=r"s-x_00000000_post_disaster.json: feature 1"):
         XBDSegmentation(str(root), splits=["tier3"], skip_incomplete=True)
@@ -138,7 +140,13 @@ def test_bad_inputs(tmp_path):
 
 def test_parse_wkt_multipolygon_with_hole():
     g = parse_wkt("MULTIPOLYGON (((0 0, 10 0, 10 10, 0 10, 0 0), (2 2, 4 2, 4 4, 2 2)), ((20 20, 21 20, 21 21, 20 20)))")
-    assert len(g["coordinates"]) == 2 and len(g["coordinates"][0]) == 2
+    assert len(g.geoms) == 2 and len(g.geoms[0].interiors) == 1 and g.area == 100 - 2 + 0.5
+    assert parse_wkt("POLYGON ((0 0, 4 0, 4 4))").area == 8  # an unclosed ring is closed
+    assert parse_wkt("POLYGON Z ((0 0 5, 4 0 5, 4 4 5, 0 0 5))").has_z is False
+    assert parse_wkt("POLYGON EMPTY").is_empty
+    for bad in ("POLYGON ((1 1, 2 nope))", "LINESTRING (0 0, 1 1)", "POLYGON ((0 0, nan 0, 1 1, 0 0))", None):
+        with pytest.raises(ValueError):
+            parse_wkt(bad)
     with pytest.raises(ValueError, match="LINESTRING"):
         parse_wkt("LINESTRING (0 0, 1 1)")
 

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from noisyseg.analysis.encoder_decoder import COLUMNS, analysis_figure, analyze_models, summary_markdown
-from noisyseg.checkpoints import atomic_write
+from noisyseg.runfiles import atomic_write
 
 
 @dataclass

@@ -22,10 +22,10 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from noisyseg.data.raster import (RasterSegmentation, image_resampling, open_raster, read_sources,
-                                  valid_pixels)
+from noisyseg.data.io import image_resampling, open_raster, read_sources, valid_pixels
+from noisyseg.data.raster import RasterSegmentation
+from noisyseg.data.sample import IGNORE_INDEX, IMAGE, MASK, META, Sample, make_sample, pad_to
 from noisyseg.data.samplers import EpochIndex
-from noisyseg.data.sample import IGNORE_INDEX, IMAGE, MASK, META, Sample, make_sample
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def window_grid(dataset: RasterSegmentation, geo: ImageGeo, image: int, meta: di
 
     ``meta["native_window"]`` is the region of the file read and ``meta["window"]`` its output size,
     so one output pixel spans ``native / output`` native pixels on each axis (1 at ``resample=1``).
-    The image no-data test is :func:`~noisyseg.data.raster.valid_pixels`, as the dataset's own; the
+    The image no-data test is :func:`~noisyseg.data.io.valid_pixels`, as the dataset's own; the
     image is read again for it only when it can hold no-data (a no-data value, or float bands).
     """
     _, _, h, w = (int(v) for v in meta["window"])
@@ -170,8 +170,7 @@ class GeoLabels(Dataset):
         grid = window_grid(self.dataset, self.geo[i], i, meta)
         labels = np.asarray(self.labels(grid), np.int64)  # [h, w]
         labels[~grid.valid] = IGNORE_INDEX
-        ph, pw = (int(s) - n for s, n in zip(sample[IMAGE].shape[-2:], grid.shape))
-        labels = np.pad(labels, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)  # as the imagery pads
+        (labels,) = pad_to(tuple(sample[IMAGE].shape[-2:]), labels)  # as the imagery pads
         meta["clean_mask_source"] = meta.pop("mask_source", None)
         meta["mask_source"] = self.labels_path
         return make_sample(sample[IMAGE], labels, clean_mask=sample.get(MASK), meta=meta)

@@ -19,10 +19,11 @@ import glob
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from noisyseg.runfiles import write_json
 
 __all__ = ["TileIndex", "glob_paths", "pair_by_key", "path_stem", "encode_paths", "wildcard_dirs"]
 
@@ -276,7 +277,7 @@ class TileIndex:
         return encode_paths(obj["images"]), None if masks is None else encode_paths(masks)
 
     def _write_manifest(self, manifest: str | os.PathLike, dirs: dict[str, int]) -> None:
-        """Write through a temp file and ``os.replace``: readers never see half a manifest.
+        """Write atomically (:func:`~noisyseg.runfiles.write_json`): readers never see half a manifest.
 
         A new subfolder or file changes the mtime of the folder holding it, so checking the
         mtimes of all walked folders detects any change to the tree (not an edit in place of a
@@ -296,14 +297,7 @@ class TileIndex:
             "images": [os.fsdecode(p) for p in self.images],
             "masks": None if self.masks is None else [os.fsdecode(p) for p in self.masks],
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(obj, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(path, obj, indent=None)
 
     # ----------------------------------------------------------------------------------- access
     def __len__(self) -> int:

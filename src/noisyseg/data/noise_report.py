@@ -42,9 +42,9 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from noisyseg.checkpoints import atomic_write
 from noisyseg.data.cache import InMemory
 from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, MASK
+from noisyseg.runfiles import atomic_write
 
 PROGRESS_FROM = 50
 """Datasets with at least this many samples get a tqdm progress bar."""

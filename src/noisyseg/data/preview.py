@@ -31,9 +31,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from noisyseg import config
-from noisyseg.checkpoints import atomic_write
 from noisyseg.data.noise_report import AgreementCounter, format_agreement
 from noisyseg.data.sample import CHANGE_MASK, CLEAN_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
+from noisyseg.runfiles import atomic_write
 
 MASK_KEYS = (MASK, MASK2, CHANGE_MASK)
 

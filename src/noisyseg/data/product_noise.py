@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from noisyseg.data.label_noise import LabelNoise, NoiseOp, apply_noise_ops, legacy_noise, noise_rate, parse_noise
-from noisyseg.data.sample import CLEAN_MASK, IMAGE, MASK, META, Sample, make_sample
+from noisyseg.data.sample import CLEAN_MASK, IMAGE, MASK, META, Sample, groups_of, make_sample
 
 
 class NoisyLabels(Dataset):
@@ -63,8 +63,6 @@ class NoisyLabels(Dataset):
 
     def sources(self) -> list[str]:
         """Per sample, the tile it was cut from: the wrapped dataset's (without pixels where it can)."""
-        from noisyseg.data.splits import groups_of  # splits wraps datasets of this module's kind
-
         return groups_of(self.dataset, "source")
 
     def __len__(self) -> int:

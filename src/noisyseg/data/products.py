@@ -21,7 +21,8 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 
 from noisyseg.data.georef import GeoLabels, WindowGrid
-from noisyseg.data.raster import RasterSegmentation, open_raster
+from noisyseg.data.io import open_raster
+from noisyseg.data.raster import RasterSegmentation
 from noisyseg.data.sample import IGNORE_INDEX
 
 # ------------------------------------------------------------------------------- class tables

@@ -9,8 +9,8 @@ al. 2018, {0,255} masks), Open Cities AI (GFDRR 2020) and the Sentinel-2 Cloud C
 Challenge (Radiant Earth 2022, ``<chip>/B02.tif ...``), like torchgeo's ``RasterDataset`` but with
 file pairs instead of a spatial index.
 
-The small helpers (:func:`patch_starts`, :func:`open_raster`, :func:`band_statistics`,
-:func:`remap_mask`) are reused by the xBD and temporal datasets.
+Reading goes through :mod:`noisyseg.data.io`, patches through :mod:`noisyseg.data.grid`, statistics
+through :mod:`noisyseg.data.stats`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -28,372 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from noisyseg.data.index import TileIndex, encode_paths, glob_paths, pair_by_key, path_stem
-from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample
+from noisyseg.data.grid import check_resample, patch_grid, patch_starts, scaled_size
+from noisyseg.data.index import TileIndex, encode_paths, pair_by_key, path_stem
+from noisyseg.data.io import (SIDECAR_SUFFIXES, check_real_dtype, find_paths, open_raster, raster_shape,
+                              read_scaled, sources_shape, valid_pixels)
+from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample, normalize, pad_to, remap_mask
+from noisyseg.data.stats import band_statistics, load_band_statistics
+from noisyseg.runfiles import write_json
 
 log = logging.getLogger(__name__)
-
-SIDECAR_SUFFIXES = (".hdr", ".aux.xml", ".ovr", ".xml", ".prj", ".tfw", ".pgw", ".wld", ".json")
-"""Files a glob may match that are headers or sidecars, never rasters (ENVI ``.hdr`` / ``.HDR``)."""
-
-
-# ----------------------------------------------------------------------------------------- helpers
-def patch_starts(length: int, patch: int, overlap: int = 0) -> list[int]:
-    """Start offsets of patches covering ``[0, length)``, the last one snapped to the edge.
-
-    Every patch is full size when ``length >= patch`` (the last start is ``length - patch``, so
-    it may overlap its neighbour more than ``overlap``); a shorter axis gets one start, 0, and the
-    reader pads. E.g. ``patch_starts(438, 256) == [0, 182]``.
-
-    Raises:
-        ValueError: when ``patch < 1`` or ``overlap`` is not in ``[0, patch)``.
-    """
-    if patch < 1:
-        raise ValueError(f"patch size {patch} must be >= 1")
-    if not 0 <= overlap < patch:
-        raise ValueError(f"overlap {overlap} must be in [0, patch size {patch})")
-    if length <= patch:
-        return [0]
-    stride = patch - overlap
-    starts = list(range(0, length - patch + 1, stride))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)  # snap the last patch to the edge instead of padding
-    return starts
-
-
-def check_resample(resample: float) -> float:
-    """``resample`` as a float, validated: finite and > 0.
-
-    Raises:
-        ValueError: not a finite number > 0 (names the value).
-    """
-    try:
-        r = float(resample)
-    except (TypeError, ValueError):
-        r = math.nan
-    if isinstance(resample, bool) or not math.isfinite(r) or r <= 0:
-        raise ValueError(f"resample={resample!r} must be a finite number > 0 (1: native resolution, "
-                         f"0.5: half the pixels per side, 2: twice)")
-    return r
-
-
-def scaled_size(height: int, width: int, resample: float) -> tuple[int, int]:
-    """Output ``(height, width)`` of a raster read at ``resample`` x its resolution.
-
-    Each side is ``side * resample`` rounded half up, at least 1: 1024 at 0.5 -> 512, 439 at 0.5
-    -> 220. The output grid covers the whole raster, so an output pixel spans
-    ``height / out_height`` x ``width / out_width`` native pixels (2 x 2 at 0.5 for even sides).
-    """
-    if resample == 1:
-        return int(height), int(width)
-    return max(1, math.floor(height * resample + 0.5)), max(1, math.floor(width * resample + 0.5))
-
-
-def native_window(window: Window, native: tuple[int, int], out: tuple[int, int]) -> Window:
-    """The native-pixel window (fractional offsets allowed) that an output-pixel ``window`` covers.
-
-    Args:
-        window: a window in output pixels of a raster read at size ``out``.
-        native: the raster's ``(height, width)`` in its own pixels.
-        out: its ``(height, width)`` after resampling (:func:`scaled_size`).
-    """
-    sy, sx = native[0] / out[0], native[1] / out[1]  # native pixels per output pixel
-    return Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
-
-
-def image_resampling(resample: float) -> Resampling:
-    """How imagery is resampled: area ``average`` to shrink, ``bilinear`` to enlarge.
-
-    ``average`` gives each output pixel the mean of the native pixels its footprint covers (what
-    a coarser sensor records; no aliasing, band means kept, GDAL leaves the file's no-data pixels
-    out of the mean). Enlarging, ``average`` would copy blocks like nearest, so bilinear is used.
-    GDAL rounds the result to the file's data type (integer imagery: to the nearest count).
-    Masks always use ``nearest`` (:data:`MASK_RESAMPLING`).
-    """
-    return Resampling.average if resample < 1 else Resampling.bilinear
-
-
-MASK_RESAMPLING = Resampling.nearest
-"""Masks are resampled by nearest neighbour: every output pixel takes one native label, so class ids
-and ignore / unlabelled values stay exact, and each class keeps its pixel share in expectation.
-(A majority vote -- GDAL ``mode`` -- erodes minority classes such as small or thin buildings and
-breaks 2 x 2 ties by GDAL's internal order.)"""
-
-
-def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
-    """Open a raster with rasterio, naming the file when GDAL cannot read it.
-
-    Raises:
-        OSError: the file is missing or not a raster GDAL can read, or a PNG file is truncated.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # PNG / BMP have no CRS
-            src = rasterio.open(path)
-    except RasterioIOError as err:
-        raise OSError(f"cannot read raster file {path}: {err}") from err
-    if src.driver == "PNG" and not png_complete(path):
-        src.close()
-        raise OSError(f"cannot read raster file {path}: the PNG file is truncated (its final IEND chunk is "
-                      "missing); copy or download it again")
-    return src
-
-
-PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # length 0, type, CRC of the empty IEND chunk
-PNG_TAIL = 65536  # bytes searched for IEND when the file does not end with it (data after IEND)
-
-
-def png_complete(path: str | os.PathLike) -> bool:
-    """Whether a PNG file holds its final ``IEND`` chunk (``True`` for paths that are not local files).
-
-    GDAL's whole-image PNG read returns uninitialised pixels for a truncated file, without an
-    error, when the image is one block; a truncated file lacks the final chunk.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - len(PNG_IEND)))
-            if f.read() == PNG_IEND:
-                return True
-            f.seek(max(0, size - PNG_TAIL))
-            return PNG_IEND in f.read()
-    except (OSError, TypeError):
-        return True  # a /vsi... path or URL: left to GDAL
-
-
-def read_window(
-    paths: list[str], window: Window | None, indexes: list[int] | None = None
-) -> np.ndarray:
-    """Read ``[C, h, w]`` from one multi-band file or from one single-band file per band.
-
-    Args:
-        paths: one path (all or ``indexes`` bands) or several single-band files (stacked in order).
-        window: the region to read; ``None`` reads everything.
-        indexes: 1-based bands of a single multi-band file.
-
-    Raises:
-        OSError: a file cannot be read (named).
-    """
-    with ExitStack() as stack:
-        srcs = [stack.enter_context(open_raster(p)) for p in paths]
-        return read_sources(srcs, paths, window, indexes)
-
-
-def read_sources(
-    srcs: list[rasterio.DatasetReader], paths: list[str], window: Window | None,
-    indexes: list[int] | None = None, out_shape: tuple[int, int] | None = None,
-    resampling: Resampling = Resampling.nearest,
-) -> np.ndarray:
-    """:func:`read_window` from rasters already open (``paths`` name them in errors).
-
-    With ``out_shape`` ``(h, w)``, ``window`` (native pixels, fractional offsets allowed) is read
-    resampled to ``h x w`` by GDAL with ``resampling``.
-    """
-    arrays = []
-    for src, p in zip(srcs, paths):
-        bands = indexes if len(paths) == 1 else 1
-        kwargs: dict[str, Any] = {}
-        if out_shape is not None:
-            count = (len(bands) if isinstance(bands, (list, tuple)) else src.count) if len(paths) == 1 else None
-            kwargs = {"out_shape": tuple(out_shape) if count is None else (count, *out_shape),
-                      "resampling": resampling}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            try:
-                arr = src.read(bands, window=window, **kwargs)
-            except (RasterioIOError, IndexError) as err:
-                raise OSError(f"cannot read bands {indexes} of raster file {p}: {err}") from err
-        arrays.append(arr if arr.ndim == 3 else arr[None])
-    return np.concatenate(arrays, 0)  # [C, h, w]
-
-
-def raster_shape(paths: list[str]) -> tuple[int, int, int, str, float | None]:
-    """``(bands, height, width, dtype, nodata)`` from metadata only (no pixels read).
-
-    Raises:
-        ValueError: single-band files of one image differ in size (names them).
-    """
-    with ExitStack() as stack:
-        return sources_shape([stack.enter_context(open_raster(p)) for p in paths], paths)
-
-
-def sources_shape(
-    srcs: list[rasterio.DatasetReader], paths: list[str]
-) -> tuple[int, int, int, str, float | None]:
-    """:func:`raster_shape` of rasters already open."""
-    shapes = [(src.count, src.height, src.width, src.dtypes[0], src.nodata) for src in srcs]
-    if len({s[1:3] for s in shapes}) > 1:
-        sizes = ", ".join(f"{p} {s[1]}x{s[2]}" for p, s in zip(paths, shapes))
-        raise ValueError(f"band files of one image differ in size: {sizes}")
-    bands = sum(s[0] for s in shapes) if len(paths) > 1 else shapes[0][0]
-    return bands, shapes[0][1], shapes[0][2], shapes[0][3], shapes[0][4]
-
-
-def remap_mask(
-    mask: np.ndarray, remap: dict[Any, Any] | None, unlabelled: int | None = None
-) -> np.ndarray:
-    """Map raw mask values to class ids; ``'ignore'`` or 255 targets become IGNORE_INDEX.
-
-    Mapping is simultaneous (``{1: 2, 2: 1}`` swaps), read from the raw values; values not in
-    ``remap`` keep their id. ``unlabelled`` raw pixels become IGNORE_INDEX whatever ``remap`` says.
-
-    Args:
-        mask: ``[H, W]`` raw integer labels.
-        remap: ``{src: dst}`` (YAML keys may be strings).
-        unlabelled: raw value of "not labelled" pixels (partial labels).
-
-    Raises:
-        ValueError: a key or target is not an integer (or ``'ignore'``), or ``mask`` holds
-            non-integer values.
-    """
-    if mask.dtype.kind == "c" or (mask.dtype.kind == "f" and not np.all(mask == np.round(mask))):
-        # an int cast would truncate 0.7 to 0 silently (a resampled or probability mask); NaN fails too
-        bad = mask[mask != np.round(mask)][:3].tolist() if mask.dtype.kind == "f" else []
-        raise ValueError(f"mask of dtype {mask.dtype} has non-integer values such as {bad}; masks must hold "
-                         "integer class ids")
-    out = mask.astype(np.int64, copy=True)
-    for src, dst in (remap or {}).items():
-        try:
-            s = int(src)
-            d = IGNORE_INDEX if str(dst).lower() == "ignore" else int(dst)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"remap entry {src!r}: {dst!r} is invalid; keys and targets must be integers "
-                f"(targets may also be 'ignore')"
-            ) from err
-        out[mask == s] = d
-    if unlabelled is not None:
-        out[mask == unlabelled] = IGNORE_INDEX
-    return out
-
-
-def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``[H, W]`` bool: a pixel is no-data when every band equals ``nodata``, or any band is NaN/Inf.
-
-    One non-finite band is enough: the pixel cannot be fed to a network, and it would turn the
-    streamed band statistics (and with them every normalised image) into NaN.
-    """
-    invalid = np.any(~np.isfinite(image), 0) if image.dtype.kind == "f" else np.zeros(image.shape[1:], bool)
-    if nodata is not None:
-        invalid |= np.all(image == nodata, 0)
-    return ~invalid
-
-
-def band_statistics(
-    images: Sequence[list[str]], nodata: Sequence[float | None] | None,
-    indexes: list[int] | None = None, rows_per_read: int = 256, resample: float = 1.0,
-) -> dict[str, Any]:
-    """Per-band mean/std over all valid pixels, streamed in row strips (bounded memory).
-
-    Args:
-        images: per image, its file list (see :func:`read_window`).
-        nodata: per image, its no-data value (``None`` = none); ``None`` instead of a list takes
-            each file's own no-data value.
-        indexes: 1-based bands of multi-band files.
-        rows_per_read: rows per windowed read (output rows when resampled).
-        resample: read every image at this factor of its resolution, as the dataset reads its
-            samples (:func:`image_resampling`), so the statistics are those of the pixels the
-            network sees (averaging 2 x 2 blocks lowers a band's std).
-
-    Returns:
-        ``{"mean": [...], "std": [...], "count": valid pixels, "empty": [image indices whose
-        valid pixels are all zero]}``.
-    """
-    total = total_sq = None
-    count = 0
-    empty: list[int] = []
-    for i in range(len(images)):
-        paths = images[i]
-        with ExitStack() as stack:  # each file opened once for all its strips
-            srcs = [stack.enter_context(open_raster(p)) for p in paths]
-            _, h, w, _, own = sources_shape(srcs, paths)
-            nd = own if nodata is None else nodata[i]
-            nonzero = False
-            oh, ow = scaled_size(h, w, resample)
-            for row in range(0, oh, rows_per_read):
-                win = Window(0, row, ow, min(rows_per_read, oh - row))  # output pixels
-                if resample == 1:
-                    x = read_sources(srcs, paths, win, indexes)  # [C, r, w]
-                else:
-                    x = read_sources(srcs, paths, native_window(win, (h, w), (oh, ow)), indexes,
-                                     out_shape=(int(win.height), ow), resampling=image_resampling(resample))
-                ok = valid_pixels(x, nd)  # [r, w]
-                v = x[:, ok].astype(np.float64)  # [C, n valid]
-                if total is None:
-                    total, total_sq = np.zeros(x.shape[0]), np.zeros(x.shape[0])
-                if v.shape[0] != total.shape[0]:
-                    raise ValueError(f"{paths[0]} has {v.shape[0]} bands, earlier images {total.shape[0]}")
-                total += v.sum(1)
-                total_sq += (v**2).sum(1)
-                count += v.shape[1]
-                nonzero = nonzero or bool(np.any(v != 0))
-        if not nonzero:
-            empty.append(i)
-    if total is None or count == 0:
-        raise ValueError("no valid pixels to compute band statistics from (all no-data)")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    std[std == 0] = 1.0  # constant band: leave it centred, not divided by zero
-    return {"mean": mean.tolist(), "std": std.tolist(), "count": int(count), "empty": empty}
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)  # atomic on POSIX: readers never see a half-written file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def find_files(root: Path, pattern: str | list[str], what: str, dirs: bool = False) -> list[Path]:
-    """Resolve a glob (relative to ``root``) or an explicit list, dropping header sidecars.
-
-    Raises:
-        FileNotFoundError: the glob matches nothing, or a listed file is missing (named).
-    """
-    return [Path(p) for p in find_paths(root, pattern, what, dirs)]
-
-
-def find_paths(root: Path, pattern: str | list[str], what: str, dirs: bool = False,
-               stats: dict[str, Any] | None = None) -> list[str]:
-    """:func:`find_files` as ``str`` paths, listed without a ``stat`` per file (:func:`glob_paths`).
-
-    Matches that are not regular files (a FIFO, a device such as a link to ``/dev/zero``, a broken
-    link) are skipped with a warning that counts them, added to ``stats["not_files_skipped"]``.
-
-    Raises:
-        FileNotFoundError: the glob matches nothing, or a listed file is missing (named).
-    """
-    if isinstance(pattern, (list, tuple)):
-        out = [str(root / p) for p in pattern]
-        for p in out:
-            if not os.path.exists(p):
-                raise FileNotFoundError(f"{what} file {p} does not exist")
-        return out
-    full = str(root / pattern)
-    special: list[str] = []
-    out = [p for p in glob_paths(full, dirs, special) if not p.lower().endswith(SIDECAR_SUFFIXES)]  # suffixes hold no '/'
-    if special:
-        warnings.warn(f"skipped {len(special)} {what} path(s) matching {full!r} that are not regular files "
-                      f"(FIFO, device, socket or broken link): {special[:5]}", stacklevel=2)
-        if stats is not None:
-            stats["not_files_skipped"] = stats.get("not_files_skipped", 0) + len(special)
-    if not out:
-        kind = "folders" if dirs else "files"
-        raise FileNotFoundError(f"the {what} glob {full!r} matches no {kind}")
-    return out
 
 
 # ----------------------------------------------------------------------------------------- dataset
@@ -459,14 +103,15 @@ class RasterSegmentation(Dataset):
             back while no folder under ``root`` changed (0.06 s for 100,000 pairs). ``images`` and
             ``masks`` must then be patterns; not with ``bands``.
         resample: read every raster at this factor of its native resolution (0.5: half the pixels
-            per side; each side rounded half up, :func:`scaled_size`) with GDAL windowed reads:
-            imagery by area ``average`` when shrinking and ``bilinear`` when enlarging
-            (:func:`image_resampling`), masks by ``nearest`` (:data:`MASK_RESAMPLING`: class ids
-            and ignore values stay exact). ``patch_size`` and ``overlap`` count output pixels (a
-            1024 px tile at 0.5 with ``patch_size`` 128 gives 16 patches), and so do ``sizes``,
-            ``windows`` and ``meta["window"]``; ``meta["native_window"]`` is the region of the
-            file read. Statistics and the empty-patch scan read the resampled pixels too. An
-            output pixel is no-data only when its whole footprint is: GDAL averages the valid
+            per side; each side rounded half up, :func:`~noisyseg.data.grid.scaled_size`) with GDAL
+            windowed reads: imagery by area ``average`` when shrinking and ``bilinear`` when
+            enlarging (:func:`~noisyseg.data.io.image_resampling`), masks by ``nearest``
+            (:data:`~noisyseg.data.io.MASK_RESAMPLING`: class ids and ignore values stay exact).
+            ``patch_size`` and ``overlap`` count output pixels (a 1024 px tile at 0.5 with
+            ``patch_size`` 128 gives 16 patches), and so do ``sizes``, ``windows`` and
+            ``meta["window"]``; ``meta["native_window"]`` is the region of the file read.
+            Statistics and the empty-patch scan read the resampled pixels too. An output pixel
+            is no-data only when its whole footprint is: GDAL averages the valid
             pixels of a partly no-data footprint when the file declares its no-data value, while
             a ``nodata`` override the file does not declare is averaged in with them.
 
@@ -562,7 +207,7 @@ class RasterSegmentation(Dataset):
             if mean is not None:
                 self.normalization = {"mean": list(map(float, mean)), "std": list(map(float, std))}
             elif normalization_from is not None:
-                self.normalization = _load_normalization(normalization_from)
+                self.normalization = load_band_statistics(normalization_from)
             else:
                 self.normalization = {"mean": scan["mean"], "std": scan["std"]}
         if skip_empty and scan.get("empty_windows"):
@@ -633,7 +278,7 @@ class RasterSegmentation(Dataset):
         for i in range(len(self._image_paths)):
             paths, mask = self.images[i], self.masks[i]
             c, h, w, dtype, nd = raster_shape(paths)
-            _check_real(paths[0], dtype)
+            check_real_dtype(paths[0], dtype)
             self.nodata.append(nodata if nodata is not None else nd)
             if mask is not None:
                 _, mh, mw, _, _ = raster_shape([mask])
@@ -643,9 +288,7 @@ class RasterSegmentation(Dataset):
             if self.patch_size is None:
                 windows.append((i, 0, 0, h, w))
             else:
-                for r in patch_starts(h, self.patch_size, self.overlap):
-                    for col in patch_starts(w, self.patch_size, self.overlap):
-                        windows.append((i, r, col, min(self.patch_size, h - r), min(self.patch_size, w - col)))
+                windows += [(i, *patch) for patch in patch_grid(h, w, self.patch_size, self.overlap)]
         return np.asarray(windows, np.int64).reshape(-1, 5)
 
     def _common_size(
@@ -687,7 +330,7 @@ class RasterSegmentation(Dataset):
             out["empty_windows"] = self._empty_windows()  # one patch in memory at a time
             changed = True
         if cache is not None and changed:
-            write_json_atomic(cache, out)
+            write_json(cache, out)
         return out
 
     def _empty_windows(self) -> list[int]:
@@ -766,7 +409,7 @@ class RasterSegmentation(Dataset):
             msrc = stack.enter_context(open_raster(mask)) if mask is not None else None
             if h < 0:  # lazy: the metadata comes with the read
                 _, nh, nw, dtype, nd = sources_shape(srcs, paths)
-                _check_real(paths[0], dtype)
+                check_real_dtype(paths[0], dtype)
                 if msrc is not None:
                     nh, nw = self._common_size(paths[0], (nh, nw), mask, (msrc.height, msrc.width))
                 h, w = scaled_size(nh, nw, self.resample)
@@ -775,13 +418,8 @@ class RasterSegmentation(Dataset):
                 nh, nw = (int(v) for v in self._sizes[i])
                 nd = self.nodata[i]
             win = Window(c, r, w, h)  # output pixels
-            if self.resample == 1:
-                src_win, shape = win, None
-            else:  # the native region under the output window, read resampled to h x w
-                src_win, shape = native_window(win, (nh, nw), scaled_size(nh, nw, self.resample)), (h, w)
-            raw = read_sources(srcs, paths, src_win, self.band_indexes, shape,
-                               image_resampling(self.resample))  # [C, h, w]
-            raw_mask = (read_sources([msrc], [mask], src_win, None, shape, MASK_RESAMPLING)[0]
+            raw, src_win = read_scaled(srcs, paths, win, (nh, nw), self.resample, self.band_indexes)  # [C, h, w]
+            raw_mask = (read_scaled([msrc], [mask], win, (nh, nw), self.resample, mask=True)[0][0]
                         if msrc is not None and with_mask else None)  # [h, w]
         return raw, nd, raw_mask, win, src_win
 
@@ -790,15 +428,7 @@ class RasterSegmentation(Dataset):
         i = int(self._windows[index, 0])
         raw, nd, raw_mask, win, src_win = self._read(index)
         valid = valid_pixels(raw, nd)  # [h, w]
-        image = raw.astype(np.float32)
-        if self.normalization is not None:
-            mean = np.asarray(self.normalization["mean"], np.float32)[:, None, None]  # [C, 1, 1]
-            std = np.asarray(self.normalization["std"], np.float32)[:, None, None]
-            if mean.shape[0] != image.shape[0]:
-                raise ValueError(
-                    f"normalization has {mean.shape[0]} bands but {self.images[i][0]} has {image.shape[0]}"
-                )
-            image = (image - mean) / std
+        image = normalize(raw, self.normalization, self.images[i][0])  # [C, h, w] float32
         image[:, ~valid] = 0.0  # no-data reads as the mean after normalisation
         if raw.dtype.kind == "f":
             nonfinite = int(np.any(~np.isfinite(raw), 0).sum())  # pixels with a NaN/Inf band
@@ -826,7 +456,7 @@ class RasterSegmentation(Dataset):
             except ValueError as err:
                 raise ValueError(f"mask {mask_path}: {err}") from err
             mask[~valid] = IGNORE_INDEX
-        image, mask = self._pad(image, mask)
+        image, mask = pad_to(self.patch_size, image, mask)
         meta = {
             "source": self._source(i),
             "mask_source": mask_path,
@@ -839,36 +469,6 @@ class RasterSegmentation(Dataset):
             return make_sample(image, mask, meta=meta)
         except ValueError as err:  # wrong dtype (complex image, fractional mask): name the files
             raise ValueError(f"{meta['source']} (mask {mask_path}): {err}") from err
-
-    def _pad(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pad a raster smaller than the patch: image with 0, mask with IGNORE_INDEX."""
-        if self.patch_size is None:
-            return image, mask
-        ph, pw = self.patch_size - image.shape[1], self.patch_size - image.shape[2]
-        if ph <= 0 and pw <= 0:
-            return image, mask
-        image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
-        if mask is not None:
-            mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        return image, mask
-
-
-def _load_normalization(path: str) -> dict[str, list[float]]:
-    """Read ``mean``/``std`` from a statistics cache JSON."""
-    try:
-        obj = json.loads(Path(path).read_text())
-        return {"mean": list(map(float, obj["mean"])), "std": list(map(float, obj["std"]))}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"normalization_from={path!r} is not a statistics JSON with 'mean' and 'std': {err}"
-        ) from err
-
-
-def _check_real(path: str, dtype: str) -> None:
-    """Reject complex rasters: a float cast would silently drop the imaginary part."""
-    if np.dtype(dtype).kind == "c":
-        raise ValueError(f"image {path} has dtype {dtype}; bands must be real (int or float)")
-
 
 class _PathLists(Sequence):
     """Per image, its file list: the path itself, or ``<chip folder>/<band file>`` per band."""

@@ -12,6 +12,11 @@ Keys (constants below, never string literals elsewhere):
 * ``meta``         dict of plain Python values (ids, paths, noise rates...). Collated as lists.
 
 Pixels whose label is unknown (no-data, unlabelled, ``un-classified``) carry :data:`IGNORE_INDEX`.
+
+The array steps every dataset takes to meet the contract live here too: :func:`normalize` (per-band
+mean / std, the ``normalization`` a dataset records), :func:`remap_mask` (raw mask values to class
+ids), :func:`pad_to` (a raster smaller than the patch: images 0, masks IGNORE_INDEX), and
+:func:`groups_of` (per sample, the tile it was cut from).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 IGNORE_INDEX: int = 255
 """Label of pixels that no loss or metric counts (uint8-friendly, as in xBD/LoveDA tooling)."""
@@ -135,3 +141,118 @@ def _size_of(samples: list[Sample], i: int, key: str) -> str:
     source = meta.get("source", meta.get("id")) if isinstance(meta, dict) else None
     shape = list(samples[i][key].shape)
     return f"{source if source is not None else f'sample {i}'} is {'x'.join(map(str, shape[-2:]))} ({key} {shape})"
+
+
+# ------------------------------------------------------------------ arrays into samples
+def normalize(image: np.ndarray, normalization: dict[str, Any] | None, what: str = "image") -> np.ndarray:
+    """float32 ``[C, H, W]``: each band minus its mean, divided by its std (a new array).
+
+    Args:
+        image: ``[C, H, W]`` raw bands, any real dtype.
+        normalization: ``{"mean": [C values], "std": [C values]}`` in raw units; ``None``: the
+            image as float32, unscaled.
+        what: the image's name (its file) for the error.
+
+    Raises:
+        ValueError: ``normalization`` has another band count than ``image`` (names ``what``).
+    """
+    if normalization is None:
+        return np.array(image, np.float32)  # a copy: callers write no-data into it
+    x = np.asarray(image, np.float32)
+    mean = np.asarray(normalization["mean"], np.float32)[:, None, None]  # [C, 1, 1]
+    std = np.asarray(normalization["std"], np.float32)[:, None, None]
+    if mean.shape[0] != x.shape[0]:
+        raise ValueError(f"normalization has {mean.shape[0]} bands but {what} has {x.shape[0]}")
+    return (x - mean) / std
+
+
+def pad_to(size: int | tuple[int, int] | None, *arrays: np.ndarray | None) -> tuple[np.ndarray | None, ...]:
+    """Pad images ``[C, h, w]`` with 0 and masks ``[h, w]`` with IGNORE_INDEX, at the bottom and right.
+
+    Args:
+        size: the side to pad to, or ``(height, width)``; ``None``: nothing is padded.
+        arrays: images and masks (``None`` entries stay ``None``); an array at least ``size`` on
+            both axes is returned as it is.
+
+    Returns:
+        The arrays in order, padded.
+    """
+    if size is None:
+        return arrays
+    height, width = (size, size) if isinstance(size, int) else size
+    out: list[np.ndarray | None] = []
+    for x in arrays:
+        ph, pw = (0, 0) if x is None else (max(height - x.shape[-2], 0), max(width - x.shape[-1], 0))
+        if ph == 0 and pw == 0:
+            out.append(x)
+        elif x.ndim == 3:  # image: zeros, the mean after normalisation
+            out.append(np.pad(x, ((0, 0), (0, ph), (0, pw))))
+        else:  # mask: unknown labels
+            out.append(np.pad(x, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX))
+    return tuple(out)
+
+
+def remap_mask(
+    mask: np.ndarray, remap: dict[Any, Any] | None, unlabelled: int | None = None
+) -> np.ndarray:
+    """Map raw mask values to class ids; ``'ignore'`` or 255 targets become IGNORE_INDEX.
+
+    Mapping is simultaneous (``{1: 2, 2: 1}`` swaps), read from the raw values; values not in
+    ``remap`` keep their id. ``unlabelled`` raw pixels become IGNORE_INDEX whatever ``remap`` says.
+
+    Args:
+        mask: ``[H, W]`` raw integer labels.
+        remap: ``{src: dst}`` (YAML keys may be strings).
+        unlabelled: raw value of "not labelled" pixels (partial labels).
+
+    Raises:
+        ValueError: a key or target is not an integer (or ``'ignore'``), or ``mask`` holds
+            non-integer values.
+    """
+    if mask.dtype.kind == "c" or (mask.dtype.kind == "f" and not np.all(mask == np.round(mask))):
+        # an int cast would truncate 0.7 to 0 silently (a resampled or probability mask); NaN fails too
+        bad = mask[mask != np.round(mask)][:3].tolist() if mask.dtype.kind == "f" else []
+        raise ValueError(f"mask of dtype {mask.dtype} has non-integer values such as {bad}; masks must hold "
+                         "integer class ids")
+    out = mask.astype(np.int64, copy=True)
+    for src, dst in (remap or {}).items():
+        try:
+            s = int(src)
+            d = IGNORE_INDEX if str(dst).lower() == "ignore" else int(dst)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"remap entry {src!r}: {dst!r} is invalid; keys and targets must be integers "
+                f"(targets may also be 'ignore')"
+            ) from err
+        out[mask == s] = d
+    if unlabelled is not None:
+        out[mask == unlabelled] = IGNORE_INDEX
+    return out
+
+
+
+
+def groups_of(dataset: Dataset, key: str = "source") -> list[str]:
+    """Per sample, its group: ``meta[key]`` as a string.
+
+    With ``key == "source"`` a dataset's ``sources()`` answers without loading pixels
+    (:class:`~noisyseg.data.raster.RasterSegmentation`, :class:`~noisyseg.data.xbd.XBDSegmentation`
+    and the wrappers have it); otherwise every sample is loaded once for its ``meta``.
+
+    Raises:
+        ValueError: a sample has no ``meta[key]`` (names the index and the keys it has).
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if key == "source" and callable(getattr(dataset, "sources", None)):
+        out = [str(g) for g in dataset.sources()]  # type: ignore[attr-defined]
+        if len(out) != n:
+            raise ValueError(f"{type(dataset).__name__}.sources() gave {len(out)} names for {n} samples")
+        return out
+    out = []
+    for k in range(n):
+        meta = dataset[k].get(META, {})
+        if key not in meta:
+            raise ValueError(f"{type(dataset).__name__}[{k}] has no meta[{key!r}] to group by "
+                             f"(meta keys: {sorted(meta)})")
+        out.append(str(meta[key]))
+    return out

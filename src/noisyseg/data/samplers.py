@@ -4,7 +4,7 @@
 Gerard & Sullivan are "redrawn each time an image is loaded") must differ between epochs and be
 reproducible. Telling the *dataset* the epoch does not work with loader workers: each worker holds
 its own copy of the dataset, made once when persistent workers start, so an epoch set later in the
-main process never reaches them (with 2 workers the draws of epochs 0, 1 and 2 were identical).
+main process never reaches them (with 2 workers the draws of epochs 0, 1 and 2 would be identical).
 What does reach every worker is the *index*: Lightning calls the sampler's ``set_epoch`` before
 each training epoch (``_set_sampler_epoch``, in the main process), and the sampler yields
 :class:`EpochIndex` values -- ints that carry the epoch -- which the loader pickles to whichever

@@ -66,6 +66,7 @@ from noisyseg.data.sample import (
 )
 from noisyseg.data.samplers import UnpaddedDistributedSampler, default_seed
 from noisyseg.distributed import is_dist
+from noisyseg.runfiles import write_json
 
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # older litdata asks PyPI on every optimize()
 from litdata import StreamingDataLoader, StreamingDataset  # noqa: E402
@@ -400,8 +401,7 @@ def pack(
                 "keys": keys, "format": FORMAT}
     continued = _prepare(out, settings, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    (out / PENDING).write_text(json.dumps({"fingerprint": _fingerprint(settings), "settings": settings},
-                                          default=str, indent=1))
+    write_json(out / PENDING, {"fingerprint": _fingerprint(settings), "settings": settings}, default=str)
     _run_isolated(_Reader(dataset, keys), n, out, str(chunk_bytes), compression, workers, progress)
     shutil.rmtree(out / ".litdata_cache", ignore_errors=True)
     stored = json.loads((out / "index.json").read_text())
@@ -418,10 +418,7 @@ def pack(
         "num_classes": getattr(dataset, "num_classes", None),
         "class_names": getattr(dataset, "class_names", None),
     }
-    text = json.dumps(manifest, indent=1, default=_plain)
-    tmp = out / f".noisyseg_pack.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / MANIFEST)
+    write_json(out / MANIFEST, manifest, default=_plain)
     (out / PENDING).unlink()
     return manifest
 

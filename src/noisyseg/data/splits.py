@@ -37,38 +37,12 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from noisyseg.data.raster import write_json_atomic
-from noisyseg.data.sample import IMAGE, META, Sample
+from noisyseg.data.sample import IMAGE, Sample, groups_of
 from noisyseg.data.samplers import EpochIndex, default_seed
+from noisyseg.runfiles import write_json
 
 REST = "rest"
 """Split size meaning "every group the other splits leave"."""
-
-
-def groups_of(dataset: Dataset, key: str = "source") -> list[str]:
-    """Per sample, its group: ``meta[key]`` as a string.
-
-    With ``key == "source"`` a dataset's ``sources()`` answers without loading pixels
-    (:class:`~noisyseg.data.raster.RasterSegmentation`, :class:`~noisyseg.data.xbd.XBDSegmentation`
-    and the wrappers here have it); otherwise every sample is loaded once for its ``meta``.
-
-    Raises:
-        ValueError: a sample has no ``meta[key]`` (names the index and the keys it has).
-    """
-    n = len(dataset)  # type: ignore[arg-type]
-    if key == "source" and callable(getattr(dataset, "sources", None)):
-        out = [str(g) for g in dataset.sources()]  # type: ignore[attr-defined]
-        if len(out) != n:
-            raise ValueError(f"{type(dataset).__name__}.sources() gave {len(out)} names for {n} samples")
-        return out
-    out = []
-    for k in range(n):
-        meta = dataset[k].get(META, {})
-        if key not in meta:
-            raise ValueError(f"{type(dataset).__name__}[{k}] has no meta[{key!r}] to group by "
-                             f"(meta keys: {sorted(meta)})")
-        out.append(str(meta[key]))
-    return out
 
 
 def split_sizes(fractions: dict[str, Any] | None, counts: dict[str, Any] | None, n_groups: int) -> dict[str, int]:
@@ -139,7 +113,7 @@ class TileSplit(Dataset):
     """One named split of a dataset in which no tile has samples in two splits.
 
     Samples are grouped by ``meta[group_key]`` (read without pixels where the dataset has
-    ``sources()``, see :func:`groups_of`); whole groups are given to splits by
+    ``sources()``, see :func:`~noisyseg.data.sample.groups_of`); whole groups are given to splits by
     :func:`assign_groups` with the sizes of :func:`split_sizes`. Every ``TileSplit`` built with the
     same dataset, sizes and seed agrees on the assignment, so ``train``, ``few`` and ``test`` can
     be built independently (three YAML entries) and stay disjoint.
@@ -194,7 +168,7 @@ class TileSplit(Dataset):
             sizes = split_sizes(fractions, counts, len(names))
             self.assignment = assign_groups(sample_groups, sizes, self.seed)
             if manifest is not None:
-                write_json_atomic(manifest, {
+                write_json(manifest, {
                     "group_key": group_key, "seed": self.seed, "fractions": fractions, "counts": counts,
                     "sizes": sizes, "groups": len(names),
                     "unassigned": sorted(set(names) - {g for gs in self.assignment.values() for g in gs}),

@@ -29,83 +29,11 @@ import numpy as np
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from noisyseg.data.raster import (
-    band_statistics,
-    find_files,
-    patch_starts,
-    raster_shape,
-    read_window,
-)
-from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample
-
-
-def undersample_pairs(noisy: list[bool], rate: float, seed: int = 0) -> list[int]:
-    """Indices that keep as many pairs as possible with a ``rate`` fraction of noisy ones.
-
-    Only the over-represented group is under-sampled (seeded, without replacement); the result is
-    sorted. The realised rate is ``floor``-rounded towards ``rate``.
-
-    Args:
-        noisy: per pair, whether it is a noisy positive.
-        rate: requested fraction of noisy pairs in ``[0, 1]``.
-        seed: seed of the draw.
-
-    Raises:
-        ValueError: ``rate`` is outside ``[0, 1]``, or cannot be met (e.g. a rate above 0 with no
-            noisy pairs at all), naming the counts.
-    """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"noisy_pair_rate={rate} is outside [0, 1]")
-    flags = np.asarray(noisy, dtype=bool)
-    idx_noisy, idx_clean = np.flatnonzero(flags), np.flatnonzero(~flags)
-    n_noisy, n_clean = len(idx_noisy), len(idx_clean)
-    if (rate > 0 and n_noisy == 0) or (rate < 1 and n_clean == 0):
-        raise ValueError(
-            f"cannot reach noisy_pair_rate={rate}: there are {n_noisy} noisy and {n_clean} clean "
-            f"pairs (a rate in (0, 1) needs both kinds, 0 needs clean ones, 1 noisy ones)"
-        )
-    rng = np.random.default_rng(seed)
-    if rate == 1.0:
-        keep_noisy, keep_clean = n_noisy, 0
-    elif n_noisy / (n_noisy + n_clean) > rate:
-        keep_noisy, keep_clean = int(np.floor(rate * n_clean / (1 - rate) + 1e-9)), n_clean
-    else:
-        keep_noisy, keep_clean = n_noisy, int(np.floor(n_noisy * (1 - rate) / rate + 1e-9)) if rate else n_clean
-    if rate > 0 and keep_noisy == 0:
-        raise ValueError(
-            f"cannot reach noisy_pair_rate={rate} with {n_clean} clean pairs: not one noisy pair fits"
-        )
-    kept = np.concatenate([
-        rng.choice(idx_noisy, keep_noisy, replace=False),
-        rng.choice(idx_clean, keep_clean, replace=False),
-    ])
-    return sorted(int(i) for i in kept)
-
-
-def change_from_masks(
-    change: np.ndarray | None, unchanged: np.ndarray | None
-) -> tuple[np.ndarray, int]:
-    """Change label ``[H, W]``: 1 changed, 0 unchanged, IGNORE_INDEX unlabelled; and conflicts.
-
-    With only ``change`` the mask is complete (``> 0`` -> 1, else 0). With both, pixels marked in
-    neither are unlabelled and pixels marked in both are conflicts (ignored and counted).
-    """
-    if change is None:
-        raise ValueError("a change mask is needed to build the change label")
-    if unchanged is None:
-        return (change > 0).astype(np.int64), 0
-    out = np.full(change.shape, IGNORE_INDEX, dtype=np.int64)
-    out[unchanged > 0] = 0
-    out[change > 0] = 1
-    both = (change > 0) & (unchanged > 0)
-    out[both] = IGNORE_INDEX
-    return out, int(both.sum())
-
-
-def changed_fraction(change: np.ndarray) -> float | None:
-    """Fraction of labelled pixels that changed; ``None`` when no pixel is labelled."""
-    labelled = change != IGNORE_INDEX
-    return float((change[labelled] == 1).mean()) if labelled.any() else None
+from noisyseg.data.grid import patch_grid
+from noisyseg.data.io import find_files, raster_shape, read_window
+from noisyseg.data.pairing import change_from_masks, changed_fraction, undersample
+from noisyseg.data.sample import Sample, make_sample, normalize, pad_to
+from noisyseg.data.stats import band_statistics
 
 
 class _PairDataset(Dataset):
@@ -132,10 +60,8 @@ class _PairDataset(Dataset):
             ]:
                 if (oh, ow) != (h, w):
                     raise ValueError(f"{p['a']} is {h}x{w} but its partner {other} is {oh}x{ow}")
-            size = patch_size or max(h, w)
-            for r in patch_starts(h, size, overlap):
-                for c in patch_starts(w, size, overlap):
-                    self.items.append((k, Window(c, r, min(size, w - c), min(size, h - r))))
+            grid = patch_grid(h, w, patch_size or max(h, w), overlap)  # (row, col, height, width)
+            self.items += [(k, Window(c, r, pw, ph)) for r, c, ph, pw in grid]
         self.normalization = None
         if normalize:
             both = [[p["a"]] for p in pairs] + [[p["b"]] for p in pairs]
@@ -143,9 +69,7 @@ class _PairDataset(Dataset):
             self.normalization = {"mean": st["mean"], "std": st["std"]}
         if noisy_pair_rate is not None:
             flags = [self._noisy(self._change(k, win)[0]) for k, win in self.items]
-            keep = undersample_pairs(flags, noisy_pair_rate, seed)
-            self.items = [self.items[i] for i in keep]
-            self.stats["noisy_pair_rate"] = float(np.mean([flags[i] for i in keep]))
+            self.items, self.stats["noisy_pair_rate"] = undersample(self.items, flags, noisy_pair_rate, seed)
         self.stats["patches"] = len(self.items)
 
     def _noisy(self, change: np.ndarray | None) -> bool:
@@ -163,12 +87,7 @@ class _PairDataset(Dataset):
         return change_from_masks(ch, un)
 
     def _image(self, path: str, win: Window) -> np.ndarray:
-        x = read_window([path], win).astype(np.float32)  # [C, h, w]
-        if self.normalization is not None:
-            x = (x - np.asarray(self.normalization["mean"], np.float32)[:, None, None]) / np.asarray(
-                self.normalization["std"], np.float32
-            )[:, None, None]
-        return x
+        return normalize(read_window([path], win), self.normalization, path)  # [C, h, w]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -187,23 +106,9 @@ class _PairDataset(Dataset):
             "changed_fraction": changed_fraction(change) if change is not None else None,
             "label_conflicts": conflicts,
         }
-        a, b, change = self._pad(a, b, change)
+        a, b, change = pad_to(self.patch_size, a, b, change)
         noisy = self._noisy(change) if change is not None else None
         return make_sample(a, image2=b, change_mask=change, noisy_pair=noisy, meta=meta)
-
-    def _pad(self, a, b, change):
-        """Pad rasters smaller than the patch (image 0, change IGNORE_INDEX)."""
-        if self.patch_size is None:
-            return a, b, change
-        ph, pw = self.patch_size - a.shape[1], self.patch_size - a.shape[2]
-        if ph <= 0 and pw <= 0:
-            return a, b, change
-        pad = ((0, 0), (0, max(ph, 0)), (0, max(pw, 0)))
-        a, b = np.pad(a, pad), np.pad(b, pad)
-        if change is not None:
-            change = np.pad(change, pad[1:], constant_values=IGNORE_INDEX)
-        return a, b, change
-
 
 class BitemporalPairs(_PairDataset):
     """``A/<id>`` + ``B/<id>`` (+ ``label/<id>``) folders, DSIFN-CD / LEVIR-CD layout.

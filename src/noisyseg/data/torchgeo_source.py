@@ -10,7 +10,7 @@ Two kinds of torchgeo dataset (microsoft/torchgeo, ``torchgeo/datasets/geo.py``)
 
 :class:`TorchGeoSource` wraps either as a map-style dataset returning ``image`` float32
 ``[C, H, W]``, ``mask`` int64 ``[H, W]`` (a ``[1, H, W]`` mask is squeezed; ``remap`` and
-``unlabelled`` as in :class:`~noisyseg.data.RasterSegmentation`, so a class that means "no
+``unlabelled`` as in :func:`~noisyseg.data.sample.remap_mask`, so a class that means "no
 label" becomes :data:`~noisyseg.data.IGNORE_INDEX`) and ``meta`` (index, dataset name, and for
 geo samples the query bounds and CRS). Other keys of the torchgeo sample are dropped. From YAML::
 
@@ -43,8 +43,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from noisyseg.data.raster import remap_mask
-from noisyseg.data.sample import Sample, make_sample
+from noisyseg.data.sample import Sample, make_sample, normalize, remap_mask
 
 __all__ = ["TorchGeoSource"]
 
@@ -164,10 +163,5 @@ class TorchGeoSource(Dataset):
                 m = m[0]  # [1, H, W] -> [H, W]
             mask = remap_mask(m.numpy(), self.remap, self.unlabelled)  # [H, W] int64
         if self.normalization is not None:
-            mean = torch.tensor(self.normalization["mean"], dtype=torch.float32)[:, None, None]  # [C, 1, 1]
-            std = torch.tensor(self.normalization["std"], dtype=torch.float32)[:, None, None]
-            if image.shape[0] != mean.shape[0]:
-                raise ValueError(f"mean/std have {mean.shape[0]} bands but {type(self.dataset).__name__}[{i}] has "
-                                 f"{image.shape[0]}")
-            image = (image.to(torch.float32) - mean) / std
+            image = normalize(image.numpy(), self.normalization, f"{type(self.dataset).__name__}[{i}]")  # [C, H, W]
         return make_sample(image, mask, meta=meta)

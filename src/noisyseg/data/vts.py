@@ -21,7 +21,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from noisyseg.data.label_noise import LabelNoise, apply_noise, noise_rate
-from noisyseg.data.sample import Sample, make_sample
+from noisyseg.data.sample import Sample, make_sample, normalize
 from noisyseg.data.samplers import epoch_of
 from noisyseg.data.textures import SPLITS, TextureBank
 
@@ -147,10 +147,6 @@ class VTSGenerator:
         return image, replaced
 
 
-def _normalise(image: np.ndarray) -> np.ndarray:
-    return (image - VTS_MEAN) / VTS_STD
-
-
 class VTSSegmentation(Dataset):
     """VTS images with clean and (optionally) noisy masks — the noisy-label pretraining data.
 
@@ -209,7 +205,7 @@ class VTSSegmentation(Dataset):
             # a separate stream (tag 1) so the noise does not change the scene
             noisy = apply_noise(sc.mask, self.noise, self.num_classes, self.gen.rng(index, 1), instances=sc.cells)
         meta = {"index": index, "split": self.gen.split, "noise_rate": noise_rate(noisy, sc.mask)}
-        sample = make_sample(_normalise(sc.image), noisy, clean_mask=sc.mask, meta=meta)
+        sample = make_sample(normalize(sc.image, self.normalization), noisy, clean_mask=sc.mask, meta=meta)
         if self._cache is not None:
             self._cache[index] = sample
         return sample
@@ -300,9 +296,9 @@ class VTSPairs(Dataset):
         meta = {"index": index, "epoch": epoch, "noisy": noisy, "replaced_fraction": replaced,
                 "mere_exposure": self.mere_exposure}
         return make_sample(
-            _normalise(image),
+            normalize(image, self.normalization),
             sc.mask,
-            image2=_normalise(image2),
+            image2=normalize(image2, self.normalization),
             mask2=sc.mask,
             noisy_pair=noisy and not self.mere_exposure,
             meta=meta,

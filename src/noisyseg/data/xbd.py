@@ -4,8 +4,9 @@ Damage from Satellite Imagery", CVPR-W; reference code: github.com/DIUx-xView/xV
 Released layout: ``<root>/<split>/images/<id>_{pre,post}_disaster.png`` and
 ``<root>/<split>/labels/<id>_{pre,post}_disaster.json`` with splits train / tier3 / hold / test.
 Each label JSON lists ``features.xy``: WKT polygons in pixel coordinates, post features with
-``properties.subtype``. Masks are rasterised here with ``rasterio.features.rasterize`` (pixel
-centres inside the polygon; features burnt in JSON order, later ones win where they overlap):
+``properties.subtype``. The WKT is parsed by shapely; masks are rasterised here with
+``rasterio.features.rasterize`` (pixel centres inside the polygon; features burnt in JSON order,
+later ones win where they overlap):
 
 * pre: 0 background, 1 building;
 * post: 0 background, 1 no-damage, 2 minor-damage, 3 major-damage, 4 destroyed,
@@ -28,55 +29,45 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from PIL import Image
 from rasterio.features import rasterize
+from shapely.geometry.base import BaseGeometry
 from torch.utils.data import Dataset
 
-from noisyseg.data.raster import check_resample, patch_starts, scaled_size, write_json_atomic
-from noisyseg.data.sample import IGNORE_INDEX, MASK, Sample, make_sample
-from noisyseg.data.temporal import undersample_pairs
+from noisyseg.data.grid import check_resample, patch_grid, scaled_size
+from noisyseg.data.io import resize_image
+from noisyseg.data.pairing import undersample
+from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample, normalize
+from noisyseg.runfiles import write_json
 
 DAMAGE_CLASSES: dict[str, int] = {
     "no-damage": 1, "minor-damage": 2, "major-damage": 3, "destroyed": 4, "un-classified": IGNORE_INDEX,
 }
 """``properties.subtype`` -> post-mask class (the xView2 baseline's numbering)."""
 SPLITS = ("train", "tier3", "hold", "test")
-_PAIR = re.compile(r"([-+0-9.eE]+)\s+([-+0-9.eE]+)(?:\s+[-+0-9.eE]+)?")  # "x y" (a z is dropped)
 
 
 # ------------------------------------------------------------------------------------- WKT / JSON
-def parse_wkt(wkt: str) -> dict[str, Any]:
-    """A WKT ``POLYGON`` / ``MULTIPOLYGON`` as a GeoJSON-like geometry dict (no shapely needed).
+def parse_wkt(wkt: str) -> BaseGeometry:
+    """A WKT ``POLYGON`` / ``MULTIPOLYGON`` as a 2-D shapely geometry (``shapely.from_wkt``).
+
+    An unclosed ring is closed (``on_invalid="fix"``; a degenerate one burns no pixel), a z
+    coordinate dropped; ``POLYGON EMPTY`` gives an empty geometry.
 
     Raises:
-        ValueError: not a (multi)polygon, unbalanced brackets, non-finite numbers or rings with
-            fewer than 3 points.
+        ValueError: not WKT, not a (multi)polygon, or a non-finite coordinate.
     """
-    text = wkt.strip()
-    head = text.split("(", 1)[0].strip().upper()
-    if head not in ("POLYGON", "MULTIPOLYGON"):
-        raise ValueError(f"geometry type {head or text[:20]!r} is not POLYGON or MULTIPOLYGON")
-    body = text[len(text.split("(", 1)[0]):]
-    if not body or body.strip().upper() == "EMPTY":
-        return {"type": "Polygon", "coordinates": []}
-    js = _PAIR.sub(r"[\1,\2]", body).replace("(", "[").replace(")", "]")
-    try:
-        coords = json.loads(js)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"cannot parse coordinates ({err.msg})") from err
-    polys = coords if head == "MULTIPOLYGON" else [coords]
-    for poly in polys:
-        for ring in poly:
-            arr = np.asarray(ring, dtype=float)
-            if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) < 3 or not np.isfinite(arr).all():
-                raise ValueError("a ring needs >= 3 finite (x y) points")
-    return {"type": "MultiPolygon", "coordinates": polys}
-
-
-def _bounds(geom: dict[str, Any]) -> tuple[float, float, float, float]:
-    pts = np.concatenate([np.asarray(r, float) for p in geom["coordinates"] for r in p])  # [n, 2]
-    return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
+    with np.errstate(invalid="ignore"):  # GEOS reports WKT it cannot read as a NaN-style warning
+        geom = shapely.from_wkt(wkt, on_invalid="fix")  # None: not WKT
+    if geom is None:
+        raise ValueError(f"cannot parse {str(wkt)[:40]!r} as WKT")
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ValueError(f"geometry type {geom.geom_type.upper()!r} is not POLYGON or MULTIPOLYGON")
+    if not np.isfinite(shapely.get_coordinates(geom)).all():
+        raise ValueError(f"{wkt[:40]!r} has non-finite coordinates")
+    return shapely.force_2d(geom)
 
 
 def load_label(path: Path, post: bool, skip_malformed: bool, stats: dict[str, int]) -> dict[str, Any]:
@@ -97,7 +88,7 @@ def load_label(path: Path, post: bool, skip_malformed: bool, stats: dict[str, in
     for i, feat in enumerate(feats):
         try:
             geom = parse_wkt(feat["wkt"])
-            if not geom["coordinates"]:
+            if geom.is_empty:
                 continue
             if post:
                 sub = feat.get("properties", {}).get("subtype")
@@ -111,7 +102,7 @@ def load_label(path: Path, post: bool, skip_malformed: bool, stats: dict[str, in
                 raise ValueError(f"{path}: feature {i}: malformed ({err})") from err
             stats["malformed_features_skipped"] += 1
             continue
-        x0, y0, x1, y1 = b = _bounds(geom)
+        x0, y0, x1, y1 = b = geom.bounds
         if x1 <= 0 or y1 <= 0 or x0 >= size[1] or y0 >= size[0]:
             stats["polygons_outside"] += 1  # entirely off the image: nothing to burn
         elif x0 < 0 or y0 < 0 or x1 > size[1] or y1 > size[0]:
@@ -139,18 +130,6 @@ def burn(label: dict[str, Any], out_size: tuple[int, int] | None = None) -> np.n
         [(g, v) for g, v, _ in label["shapes"]], out_shape=(oh, ow), fill=0,
         transform=Affine.scale(w / ow, h / oh), dtype="uint8",  # output pixel -> native pixel coords
     )
-
-
-def resize_image(image: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-    """``[C, H, W]`` -> float32 ``[C, H', W']``: PIL ``BOX`` (area mean) to shrink, ``BILINEAR`` to enlarge.
-
-    Each band is resized as a float image, so averages are not rounded to integers; the output grid
-    spans the whole image, aligned with :func:`burn`'s.
-    """
-    oh, ow = out_size
-    method = Image.Resampling.BOX if oh * ow < image.shape[1] * image.shape[2] else Image.Resampling.BILINEAR
-    bands = [np.asarray(Image.fromarray(b.astype(np.float32)).resize((ow, oh), method)) for b in image]
-    return np.stack(bands)  # [C, H', W']
 
 
 # -------------------------------------------------------------------------------------- split file
@@ -205,7 +184,7 @@ def make_split(
         manifest["val"] += val
         manifest["train"] += [i for i in ids if i not in set(val)]
         manifest["sites"][site] = {"train": len(ids) - n_val, "val": n_val}
-    write_json_atomic(out, manifest)
+    write_json(out, manifest)
     return manifest
 
 
@@ -229,10 +208,11 @@ class XBDSegmentation(Dataset):
         mean: per-band means in raw (0..255) units; default 0.
         std: per-band std in raw units; default 255 (images in [0, 1]).
         resample: read every image at this factor of its resolution (0.5: 1024 -> 512 px; sides
-            rounded half up, :func:`~noisyseg.data.raster.scaled_size`): images resized by PIL
-            ``BOX`` (area mean) when shrinking, ``BILINEAR`` when enlarging (:func:`resize_image`);
-            masks rasterised from the polygons directly on the output grid (:func:`burn`), so
-            polygons stay exact and class ids unmixed. ``meta["tile"]`` is in output pixels.
+            rounded half up, :func:`~noisyseg.data.grid.scaled_size`): images resized by PIL
+            ``BOX`` (area mean) when shrinking, ``BILINEAR`` when enlarging
+            (:func:`~noisyseg.data.io.resize_image`); masks rasterised from the polygons directly on
+            the output grid (:func:`burn`), so polygons stay exact and class ids unmixed.
+            ``meta["tile"]`` is in output pixels.
 
     Raises:
         FileNotFoundError: a split folder is missing, or an id lacks a partner file (names the id
@@ -290,7 +270,7 @@ class XBDSegmentation(Dataset):
         for i in self.ids:
             h, w = self._out_size(i)
             t = self._side(i)
-            self.tiles += [(i, r, c) for r in patch_starts(h, t) for c in patch_starts(w, t)]
+            self.tiles += [(i, r, c) for r, c, _, _ in patch_grid(h, w, t)]
         self.stats["ids"], self.stats["tiles"] = len(self.ids), len(self.tiles)
         self._cache: dict[tuple[str, str], Any] = {}  # last decoded images / masks (tiles of one image)
 
@@ -375,9 +355,7 @@ class XBDSegmentation(Dataset):
         return self.full_mask(i, self.phase)[r:r + t, c:c + t]
 
     def _norm(self, x: np.ndarray) -> np.ndarray:
-        mean = np.asarray(self.normalization["mean"], np.float32)[:, None, None]  # [3, 1, 1]
-        std = np.asarray(self.normalization["std"], np.float32)[:, None, None]
-        return (x.astype(np.float32) - mean) / std
+        return normalize(x, self.normalization, "an xBD image")  # [3, T, T] float32
 
     def _meta(self, index: int, phase: str) -> dict[str, Any]:
         i, r, c = self.tiles[index]
@@ -453,10 +431,8 @@ class XBDPairs(XBDSegmentation):
         self.binarize_post = binarize_post
         if noisy_pair_rate is not None:
             flags = [self._noisy(k) for k in range(len(self.tiles))]
-            keep = undersample_pairs(flags, noisy_pair_rate, seed)
-            self.tiles = [self.tiles[k] for k in keep]
+            self.tiles, self.stats["noisy_pair_rate"] = undersample(self.tiles, flags, noisy_pair_rate, seed)
             self.stats["tiles"] = len(self.tiles)
-            self.stats["noisy_pair_rate"] = float(np.mean([flags[k] for k in keep]))
             self._cache.clear()
 
     def _post_tile(self, index: int) -> np.ndarray:
@@ -483,27 +459,3 @@ class XBDPairs(XBDSegmentation):
         meta["polygons_post"] = self._meta(index, "post")["polygons"]
         return make_sample(self._norm(pre), self.full_mask(i, "pre")[r:r + t, c:c + t], image2=self._norm(post),
                            mask2=mask2, noisy_pair=noisy, meta=meta)
-
-
-def class_weights(dataset: Dataset, num_classes: int = 5) -> list[float]:
-    """Inverse-frequency class weights ``total / (K * count_c)`` over a (train) dataset's masks.
-
-    Uses ``dataset.label_mask(i)`` when present (xBD: no imagery read), else ``dataset[i]["mask"]``.
-    IGNORE_INDEX pixels are not counted; a class that never occurs gets weight 0 (with a warning).
-
-    Raises:
-        ValueError: a mask holds a class >= ``num_classes`` (names it), or no pixel is labelled.
-    """
-    counts = np.zeros(num_classes, np.int64)
-    for k in range(len(dataset)):  # type: ignore[arg-type]
-        m = np.asarray(dataset.label_mask(k) if hasattr(dataset, "label_mask") else dataset[k][MASK])
-        m = m[m != IGNORE_INDEX].astype(np.int64)
-        if m.size and m.max() >= num_classes:
-            raise ValueError(f"mask {k} holds class {int(m.max())} but num_classes={num_classes}")
-        counts += np.bincount(m, minlength=num_classes)
-    if counts.sum() == 0:
-        raise ValueError("no labelled pixel to compute class weights from")
-    if (counts == 0).any():
-        warnings.warn(f"classes {np.flatnonzero(counts == 0).tolist()} never occur; weight 0", stacklevel=2)
-    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
-    return weights.tolist()

@@ -28,9 +28,10 @@ from typing import Any
 
 import yaml
 
-from noisyseg.checkpoints import atomic_write, read_decoder
+from noisyseg.checkpoints import read_decoder
 from noisyseg.experiments.spec import RunPlan
 from noisyseg.lightning_cli import read_results, run_config
+from noisyseg.runfiles import atomic_write
 
 ENCODER_FILE = "encoder.safetensors"
 DONE_FILE = "done.json"

@@ -31,10 +31,10 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from noisyseg.checkpoints import atomic_write
 from noisyseg.experiments.pipeline import RUN_FILE, config_record, read_done, resolve_run, run_pipeline
 from noisyseg.experiments.spec import RunPlan, SpecError, SweepSpec, load_spec, plan_runs
 from noisyseg.experiments.table import TABLE, append_rows, runs_in_table
+from noisyseg.runfiles import atomic_write
 from noisyseg.runtime import default_threads, set_threads
 
 

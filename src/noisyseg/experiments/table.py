@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from noisyseg.checkpoints import atomic_write
+from noisyseg.runfiles import atomic_write
 
 TABLE = "results.csv"
 TAIL = ["downstream", "decoder", "frozen", "split", "metric", "value", "seconds", "pretrain_seconds"]

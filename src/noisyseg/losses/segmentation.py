@@ -16,6 +16,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
 from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.stats import inverse_frequency
 from noisyseg.runtime import fp32_forward
 
 
@@ -78,7 +79,5 @@ class CEDiceLoss(nn.Module):
 
 
 def inverse_frequency_weights(counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Class weights ``N / (K * n_k)`` (1 for a balanced set); absent classes get weight 0."""
-    c = torch.as_tensor(counts, dtype=torch.float64)
-    w = torch.where(c > 0, c.sum() / (len(c) * c.clamp_min(1)), torch.zeros_like(c))
-    return w.float()
+    """float32 ``[K]`` class weights ``N / (K * n_k)`` (:func:`~noisyseg.data.stats.inverse_frequency`)."""
+    return torch.from_numpy(inverse_frequency(counts)).float()

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from noisyseg.checkpoints import atomic_write
 from noisyseg.report.figures import (
     Heat, Lines, bar_figure, ci_figure, heat_data, heatmap_figure, line_figure, lines_data, paired_lines_figure,
     varying,
@@ -43,6 +42,7 @@ from noisyseg.report.tables import (
     METRICS, Paired, ReportError, Stat, aggregate, ci_verdict, has_axis, is_random, label, load_table,
     markdown_table, paired, scored, values_of, verdict, verdict_not_below, write_csv,
 )
+from noisyseg.runfiles import atomic_write
 
 PARAMS_OF_STUDIES = ("r", "alpha", "flip_rate")
 

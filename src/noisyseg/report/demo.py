@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from noisyseg.checkpoints import atomic_write
 from noisyseg.data.sample import CLEAN_MASK, IMAGE, MASK
+from noisyseg.runfiles import atomic_write
 
 
 def _fmt(v: float | None) -> str:

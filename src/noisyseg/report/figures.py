@@ -24,8 +24,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from noisyseg.checkpoints import atomic_write  # noqa: E402
 from noisyseg.report.tables import Paired, Stat, aggregate, label, values_of, write_csv  # noqa: E402
+from noisyseg.runfiles import atomic_write  # noqa: E402
 
 FIXED = {"run", "seed", "split", "metric", "value", "seconds", "pretrain_seconds", "decoder", "frozen"}
 """Columns that are not parameters of a run (``decoder``/``frozen`` follow from ``downstream``)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noisyseg.checkpoints import atomic_write
+from noisyseg.runfiles import atomic_write
 
 METRICS = ("miou", "f1")
 """Metrics the figures plot (keys of SegmentationTask's test scores)."""

@@ -25,6 +25,7 @@ from torch import nn
 
 from noisyseg.checkpoints import EncoderFileError, load_encoder, read_decoder, save_encoder
 from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
+from noisyseg.data.stats import class_counts
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
 from noisyseg.models.segmentation import build_segmentation_model
@@ -430,13 +431,9 @@ class SegmentationTask(BaseTask):
             self.loss_fn.class_weights = inverse_frequency_weights(self._count_classes()).to(self.device)
 
     def _count_classes(self) -> torch.Tensor:
-        ds = self.trainer.datamodule.train_set
-        counts = torch.zeros(self.hparams.num_classes, dtype=torch.long)
-        for i in range(len(ds)):
-            m = ds[i][MASK]
-            m = m[m != self.ignore_index]
-            counts += torch.bincount(m, minlength=self.hparams.num_classes)[: self.hparams.num_classes]
-        return counts
+        """``[K]`` int64 labelled pixels per class of the training set (:func:`~noisyseg.data.stats.class_counts`)."""
+        counts = class_counts(self.trainer.datamodule.train_set, self.hparams.num_classes, self.ignore_index)
+        return torch.from_numpy(counts)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch = super().on_before_batch_transfer(batch, dataloader_idx)  # pixels and band count
