@@ -65,8 +65,9 @@ def set_malloc(system: bool) -> bool:
     """Both sides with noisyseg's malloc settings (``False``) or glibc's defaults (``True``).
 
     The settings are process-wide and cannot be undone, so they are chosen once, before either side
-    runs; the tasks' own call (at ``fit`` start) then finds them in force or, with
-    ``NOISYSEG_MALLOC=system``, leaves malloc alone. Returns whether the settings are in force.
+    runs; the noisyseg side's own call (its acceleration switch, :class:`noisyseg.runtime.Acceleration`,
+    when ``fit`` starts) then finds them in force or, with ``NOISYSEG_MALLOC=system``, leaves malloc
+    alone. Returns whether the settings are in force.
     """
     from noisyseg.runtime import MALLOC_ENV, keep_freed_memory
 
