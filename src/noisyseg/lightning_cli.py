@@ -11,10 +11,11 @@ exit 2, not a page of usage; an error raised while a dataset or task is built is
 message, not jsonargparse's page of Union subtypes; a checkpoint of another model is one line
 naming it and the first differing keys.
 
-Every run goes through :class:`NoisysegCLI`: ``noisyseg fit --config FILE`` on the command line,
-and :func:`run_config` for the sweeps, the demo and ``noisyseg analyze``, which writes the config to
-``<default_root_dir>/config.yaml`` first, so ``noisyseg fit --config <run>/config.yaml`` repeats the
-run. ``test_after_fit: true`` in a config tests the fitted weights on ``data.test`` after ``fit``.
+Every run goes through :class:`NoisysegCLI`: ``noisyseg fit --config FILE`` on the command line
+(which saves the parsed config as ``<default_root_dir>/config.yaml``, :class:`RunConfigFile`), and
+:func:`run_config` for the sweeps, the demo and ``noisyseg analyze``, which writes the config there
+first and parses it from that file; either way ``noisyseg fit --config <run>/config.yaml`` repeats
+the run. ``test_after_fit: true`` in a config tests the fitted weights on ``data.test`` after ``fit``.
 Each ``fit`` / ``validate`` / ``test`` writes the run's one results record,
 ``<default_root_dir>/results.json`` (:func:`write_results`).
 """
@@ -36,7 +37,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO, load_checkpoint_safely, mismatch_error
 from noisyseg.config import check_classes, yaml_error_message
@@ -52,9 +53,27 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # model arguments that name files the run writes: from the user's config or command only
 OUTPUT_SUFFIXES = ("_out", "_dir")
 
-CONFIG_FILE = "config.yaml"  # the config of a run, in its default_root_dir (written by run_config)
+CONFIG_FILE = "config.yaml"  # the config of a run, in its default_root_dir (run_config / RunConfigFile)
 RESULTS_FILE = "results.json"  # the run's scores, seconds and encoder file (written by write_results)
 SPLIT_OF = {"fit": "val", "validate": "val", "test": "test"}  # the split a subcommand scores
+
+
+class RunConfigFile(SaveConfigCallback):
+    """The parsed config of ``noisyseg fit`` (defaults filled in, ``ckpt_path`` left out), saved as
+    ``<default_root_dir>/config.yaml`` at the start of fitting: ``noisyseg fit --config
+    <run>/config.yaml`` repeats the run. (Lightning's own callback writes it to the logger's
+    folder, a new ``version_N`` each run.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, save_to_log_dir=False, **kwargs)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":  # validate / test / predict read a run; they do not make one
+            return
+        cfg = self.config.clone()
+        cfg["ckpt_path"] = None  # a repeat trains from the start, not from this run's checkpoint
+        text = self.parser.dump(cfg, skip_none=False)
+        atomic_write(Path(trainer.default_root_dir) / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
 class NoisysegCLI(LightningCLI):
@@ -200,6 +219,7 @@ def _start(argv: list[str], **kwargs: Any) -> NoisysegCLI:
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 trainer_defaults={"enable_model_summary": False, "callbacks": list(kwargs.pop("callbacks", ()))},
+                save_config_callback=kwargs.pop("save_config_callback", RunConfigFile),
                 save_config_kwargs={"overwrite": True},
                 seed_everything_default=0,
                 args=argv,
