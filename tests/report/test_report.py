@@ -10,23 +10,26 @@ import pytest
 
 from noisyseg.experiments.table import write_rows
 from noisyseg.report import build_report, main
-from noisyseg.report.tables import stat, verdict
+from noisyseg.report.tables import ReportError, paired_between, per_seed, stat
 
-SEED_JITTER = {0: -0.005, 1: 0.005}  # mean over the two seeds is the formula value, std = 0.00707
+SEEDS = (0, 1, 2)
+SEED_JITTER = {0: -0.01, 1: 0.0, 2: 0.01}  # shared by every arm of a seed: mean = formula, std = 0.01
+HALF = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, 2) * std / sqrt(3): an arm's 95 % CI half-width, 2.5 points
+MERE_WOBBLE = {0: 0.01, 1: -0.02, 2: 0.01}  # mere-exposure arms only: paired differences get a spread
 
 
-def _rows(run, params, seed, miou, f1, downstream="unet", pretrain_seconds=1.0):
+def _rows(run, params, seed, miou, f1, downstream="unet", pretrain_seconds=1.0, wobble=0.0):
     base = {"run": run, "seed": seed, **params, "downstream": downstream, "decoder": downstream,
             "frozen": False, "split": "test", "seconds": 1.0, "pretrain_seconds": pretrain_seconds}
-    return [{**base, "metric": "miou", "value": miou + SEED_JITTER[seed]},
+    return [{**base, "metric": "miou", "value": miou + SEED_JITTER[seed] + wobble},
             {**base, "metric": "f1", "value": f1 + SEED_JITTER[seed]},
             {**base, "metric": "accuracy", "value": 0.9}]
 
 
 def noisy_pairs_table(path: Path) -> None:
-    """moco degrades with r*p, 'dense' does not; mere exposure costs only 0.02*r; a random arm."""
+    """moco degrades with r*p, 'dense' does not; mere exposure costs only 0.02*r (with a seed wobble); a random arm."""
     rows = []
-    for seed in (0, 1):
+    for seed in SEEDS:
         for method, slope in (("moco", 0.2), ("dense", 0.0)):
             for r in (0.0, 0.5, 1.0):
                 for p in (0.5, 1.0):
@@ -35,7 +38,8 @@ def noisy_pairs_table(path: Path) -> None:
                             continue
                         miou = 0.7 - (0.02 * r if mere else slope * r * p)
                         params = {"method": method, "r": r, "p": p, "mere_exposure": mere}
-                        rows += _rows(f"{method}-{r}-{p}-{mere}-{seed}", params, seed, miou, miou + 0.1)
+                        rows += _rows(f"{method}-{r}-{p}-{mere}-{seed}", params, seed, miou, miou + 0.1,
+                                      wobble=MERE_WOBBLE[seed] if mere else 0.0)
         rows += _rows(f"random-{seed}", {"method": "random", "r": None, "p": None, "mere_exposure": None},
                       seed, 0.4, 0.5, pretrain_seconds=0.0)
     write_rows(path, rows, ["run", "seed", "method", "r", "p", "mere_exposure"])
@@ -53,7 +57,8 @@ def test_noisy_pairs_report_series_and_verdicts(tmp_path):
     xs = [x for x, _ in vs.series["moco, p=1.0"]]
     means = [s.mean for _, s in vs.series["moco, p=1.0"]]
     assert xs == [0.0, 0.5, 1.0] and means == pytest.approx([0.7, 0.6, 0.5])
-    assert all(s.std == pytest.approx(0.01 / math.sqrt(2)) and s.n == 2 for _, s in vs.series["moco, p=1.0"])
+    assert all(s.std == pytest.approx(0.01) and s.n == 3 for _, s in vs.series["moco, p=1.0"])
+    assert vs.series["moco, p=1.0"][0][1].half_width == pytest.approx(HALF)
     assert set(vs.baselines) == {"random"} and vs.baselines["random"].mean == pytest.approx(0.4)
     f1 = sections["vs_r"].data["f1"].series["dense, p=0.5"]
     assert [s.mean for _, s in f1] == pytest.approx([0.8, 0.8, 0.8])
@@ -66,13 +71,20 @@ def test_noisy_pairs_report_series_and_verdicts(tmp_path):
     assert diff.panels["dense"][(0.5, 1.0)].mean == pytest.approx(0.01)
 
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "moco, p=1.0: mIoU 70.0 ± 0.7 at r=0.0 vs 50.0 ± 0.7 at r=1.0" in md
-    assert "moco, p=1.0: mIoU 70.0 ± 0.7 at r=0.0 vs 50.0 ± 0.7 at r=1.0; F1 80.0 ± 0.7 vs 60.0 ± 0.7 — **reproduced**" in md
-    assert "dense, p=0.5: mIoU 70.0 ± 0.7 at r=0.0 vs 70.0 ± 0.7 at r=1.0" in md and "inconclusive" in md
-    assert "moco: at (r=1.0, p=1.0) noisy pairs mIoU 50.0 ± 0.7 vs mere exposure 68.0 ± 0.7" in md
-    # partly mismatched pairs (p < 1) are expected not to hurt (robustness), fully false ones to hurt
-    assert "dense, p=0.5: mIoU 70.0 ± 0.7 at r=0.0 vs 70.0 ± 0.7 at r=1.0; F1 80.0 ± 0.7 vs 80.0 ± 0.7 — **reproduced**" in md
-    assert "vs mere exposure 68.0 ± 0.7 (difference -18.0) — **not reproduced at this scale**" in md
+    # r = 1 minus r = 0, paired by seed: fully false pairs (p = 1) are expected to hurt, partly mismatched ones not
+    assert ("- moco, p=1.0: mIoU 70.0 ± 2.5 at r=0.0, 50.0 ± 2.5 at r=1.0; difference -20.0 ± 0.0 points over "
+            "3 seeds — **reproduced**.") in md
+    assert ("- moco, p=0.5: mIoU 70.0 ± 2.5 at r=0.0, 60.0 ± 2.5 at r=1.0; difference -10.0 ± 0.0 points over "
+            "3 seeds — **contradicted**.") in md
+    assert ("- dense, p=0.5: mIoU 70.0 ± 2.5 at r=0.0, 70.0 ± 2.5 at r=1.0; difference +0.0 ± 0.0 points over "
+            "3 seeds — **inconclusive (95 % CI holds zero)**.") in md
+    # (r=1, p=1) minus (r=0, p=0.5): a drop is expected
+    assert "- moco: mIoU 70.0 ± 2.5 at (r=0.0, p=0.5), 50.0 ± 2.5 at (r=1.0, p=1.0); difference -20.0 ± 0.0" in md
+    # noisy minus mere: per-seed differences -0.19, -0.16, -0.19 (moco) and 0.01, 0.04, 0.01 (dense) at (1, 1)
+    assert ("- moco: at (r=1.0, p=1.0) noisy pairs mIoU 50.0 ± 2.5, mere exposure 68.0 ± 5.0; difference -18.0 ± 4.3 "
+            "points over 3 seeds — **contradicted**.") in md
+    assert ("- dense: at (r=1.0, p=1.0) noisy pairs mIoU 70.0 ± 2.5, mere exposure 68.0 ± 5.0; difference +2.0 ± 4.3 "
+            "points over 3 seeds — **inconclusive (95 % CI holds zero)**.") in md
     for name in ("vs_r", "heatmap_rp", "noisy_minus_mere"):
         assert (tmp_path / "rep" / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / "rep" / f"{name}.csv").is_file()
@@ -93,7 +105,7 @@ def test_mere_exposure_for_one_method_only(tmp_path):
 
 def test_method_decoder_table_with_class_mismatch(tmp_path):
     rows = []
-    for seed in (0, 1):
+    for seed in SEEDS:
         for down, offset in (("unet", 0.0), ("deeplabv3plus", -0.05), ("pspnet", -0.1)):
             rows += _rows(f"random-{seed}", {"method": "random", "classes": None}, seed, 0.5 + offset, 0.6, down, 0.0)
             for classes, gain in (("matched", 0.1), ("merged", 0.05)):
@@ -110,8 +122,9 @@ def test_method_decoder_table_with_class_mismatch(tmp_path):
     assert cells[("supervised, classes=merged", "pspnet")].mean == pytest.approx(0.45)
     assert cells[("random", "deeplabv3plus")].mean == pytest.approx(0.45)
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "supervised, classes=merged → pspnet: mIoU 45.0 ± 0.7 vs 40.0 ± 0.7 — **reproduced**" in md
-    assert "moco → unet: mIoU 47.0 ± 0.7 vs 50.0 ± 0.7 — **not reproduced at this scale**" in md
+    assert ("- supervised, classes=merged → pspnet: mIoU 45.0 ± 2.5 vs 40.0 ± 2.5; difference +5.0 ± 0.0 points over "
+            "3 seeds — **reproduced**.") in md
+    assert "- moco → unet: mIoU 47.0 ± 2.5 vs 50.0 ± 2.5; difference -3.0 ± 0.0 points over 3 seeds — **contradicted**." in md
     assert (tmp_path / "report" / "method_decoder_bars.png").is_file()
     with open(tmp_path / "report" / "method_decoder.csv", newline="") as fh:
         table = list(csv.reader(fh))
@@ -120,7 +133,7 @@ def test_method_decoder_table_with_class_mismatch(tmp_path):
 
 def test_alpha_and_label_noise_sections(tmp_path):
     rows = []
-    for seed in (0, 1):
+    for seed in SEEDS:
         rows += _rows(f"infonce-{seed}", {"method": "false", "false_negative": "none", "alpha": None,
                                           "flip_rate": None}, seed, 0.6, 0.7)
         for mode in ("reference", "per_anchor"):
@@ -136,11 +149,15 @@ def test_alpha_and_label_noise_sections(tmp_path):
     assert set(miou.series) == {"false_negative=reference", "false_negative=per_anchor"}
     assert set(miou.baselines) == {"false_negative=none"}
     assert [s.mean for _, s in miou.series["false_negative=per_anchor"]] == pytest.approx([0.6, 0.62, 0.64])
-    assert any("best α=1.0: 64.0 ± 0.7 vs false_negative=none 60.0 ± 0.7 — **reproduced**" in line
-               for line in sections["alpha"].lines)
+    lines = sections["alpha"].lines
+    assert ("- false_negative=per_anchor: α=0.0: 60.0 ± 2.5 (+0.0 ± 0.0 vs false_negative=none), α=0.5: 62.0 ± 2.5 "
+            "(+2.0 ± 0.0 vs false_negative=none), α=1.0: 64.0 ± 2.5 (+4.0 ± 0.0 vs false_negative=none); "
+            "false_negative=none 60.0 ± 2.5.") in lines
+    assert ("- false_negative=per_anchor, best α=1.0 minus false_negative=none: difference +4.0 ± 0.0 points over 3 "
+            "seeds — **reproduced**.") in lines
 
     rows = []
-    for seed in (0, 1):
+    for seed in SEEDS:
         rows += _rows(f"random-{seed}", {"method": "random", "flip_rate": None}, seed, 0.5, 0.6, pretrain_seconds=0)
         for fr in (0.0, 0.3, 0.7):
             rows += _rows(f"sup-{fr}-{seed}", {"method": "supervised", "flip_rate": fr}, seed, 0.7 - 0.1 * fr, 0.8)
@@ -150,7 +167,9 @@ def test_alpha_and_label_noise_sections(tmp_path):
     ln = sections["label_noise"].data["miou"]
     assert list(ln.series) == ["supervised"] and set(ln.baselines) == {"random"}
     assert [s.mean for _, s in ln.series["supervised"]] == pytest.approx([0.7, 0.67, 0.63])
-    assert "0.0 vs 63.0 ± 0.7 at 0.7; random 50.0 ± 0.7 — **reproduced**" in sections["label_noise"].lines[1]
+    assert sections["label_noise"].lines[1] == (
+        "- supervised: mIoU 70.0 ± 2.5 at flip rate 0.0, 63.0 ± 2.5 at 0.7; random 50.0 ± 2.5; flip rate 0.7 minus "
+        "random: difference +13.0 ± 0.0 points over 3 seeds — **reproduced**.")
     # two downstreams: each series is compared with the random arm of its own downstream
     for r in rows:
         if r["method"] == "random" and r["downstream"] == "unet":
@@ -161,17 +180,26 @@ def test_alpha_and_label_noise_sections(tmp_path):
     write_rows(tmp_path / "ln2.csv", rows, ["run", "seed", "method", "flip_rate"])
     sec = {s.name: s for s in build_report(load_table(tmp_path / "ln2.csv"), tmp_path / "rep3")}["label_noise"]
     probe = next(line for line in sec.lines if line.startswith("- supervised, probe"))
-    assert "random, probe 80.0 ± 0.7 — **not reproduced at this scale**" in probe
+    assert "random, probe 80.0 ± 2.5; flip rate 0.7 minus random, probe: difference -17.0 ± 0.0" in probe
+    assert probe.endswith("— **contradicted**.")
     unet = next(line for line in sec.lines if line.startswith("- supervised, unet"))
-    assert "random, unet 50.0 ± 0.7 — **reproduced**" in unet
+    assert "random, unet 50.0 ± 2.5; flip rate 0.7 minus random, unet: difference +13.0 ± 0.0" in unet
+    assert unet.endswith("— **reproduced**.")
 
 
-def test_verdict_rules():
-    a, b = stat([0.60, 0.62]), stat([0.50, 0.52])
-    assert verdict(a, b) == "reproduced" and verdict(b, a) == "not reproduced at this scale"
-    assert verdict(stat([0.60, 0.70]), stat([0.62, 0.66])).startswith("inconclusive")
-    assert "one seed" in verdict(stat([0.6]), stat([0.5]))
-    assert verdict(stat([0.6001]), stat([0.6])).startswith("inconclusive (difference below")
+def test_arm_ci_and_pairing_by_seed():
+    st = stat([0.60, 0.61, 0.62])
+    assert st.half_width == pytest.approx(HALF) and st.pct() == "61.0 ± 2.5"
+    assert stat([0.6]).pct() == "60.0 (one seed)" and math.isinf(stat([0.6]).half_width)
+    rows = [{"seed": s, "method": m, "value": v} for s, m, v in
+            [(0, "a", 0.5), (1, "a", 0.7), (2, "a", 0.9), (0, "b", 0.4), (1, "b", 0.4), (3, "b", 0.1)]]
+    assert per_seed(rows, {"method": "a"}) == {0: 0.5, 1: 0.7, 2: 0.9}
+    d = paired_between(rows, {"method": "a"}, {"method": "b"})  # seeds 0 and 1 only: differences 0.1, 0.3
+    assert d.n == 2 and d.mean == pytest.approx(0.2)
+    assert d.half_width == pytest.approx(12.706205 * math.sqrt(0.02) / math.sqrt(2), rel=1e-6)
+    assert paired_between(rows, {"method": "a"}, {"method": "c"}) is None
+    with pytest.raises(ReportError, match="two rows of seed 0"):
+        per_seed(rows + [{"seed": 0, "method": "a", "value": 0.1}], {"method": "a"})
 
 
 def test_bad_input_exits_2(tmp_path, capsys):

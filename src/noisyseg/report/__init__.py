@@ -5,7 +5,7 @@ Each section is made only when the table has the columns it needs:
 ===================  ==========================  =============================================
 section              needs                       shows
 ===================  ==========================  =============================================
-``summary``          always                      mean ± std over seeds of every grid point
+``summary``          always                      mean ± 95 % CI over seeds of every grid point
 ``vs_r``             ``r`` (2+ values)           F1 / mIoU against the noisy-pairs rate (G&S Fig. 1, 4, 5)
 ``heatmap_rp``       ``r`` and ``p``             mIoU over (r, p), a panel per method
 ``noisy_minus_mere`` ``mere_exposure`` both      noisy pairs minus mere exposure over (r, p) (G&S Fig. 7–9)
@@ -20,8 +20,9 @@ section              needs                       shows
 ===================  ==========================  =============================================
 
 Each section states its numbers and, for the paper finding it addresses, one sentence of the
-finding, the comparison, and a verdict: "reproduced", "not reproduced at this scale" or
-"inconclusive (difference within one std)".
+finding, the paired difference it rests on (same seed: same data, same test set) as mean ± the
+half-width of its 95 % t-interval, and a verdict from that interval: "reproduced" or "contradicted"
+only when it excludes zero, "inconclusive" otherwise (and always with one seed).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from noisyseg.report.figures import (
 )
 from noisyseg.report.tables import (
     METRICS, Paired, ReportError, Stat, aggregate, ci_verdict, has_axis, is_random, label, load_table,
-    markdown_table, paired, scored, values_of, verdict, verdict_not_below, write_csv,
+    markdown_table, paired, paired_between, per_seed, scored, stat, values_of, write_csv,
 )
 from noisyseg.runfiles import atomic_write
 
@@ -80,12 +81,19 @@ def summary(rows, out: Path) -> Section:
     header = [*cols, "mIoU (%)", "F1 (%)", "seeds"]
     write_csv(out / "summary.csv", header, table)
     runs = len({r["run"] for r in rows})
-    sec.lines = [f"{runs} runs, seeds {values_of(rows, 'seed')}; scores in percent, mean ± std over seeds "
+    sec.lines = [f"{runs} runs, seeds {values_of(rows, 'seed')}; scores in percent, mean ± 95 % CI over seeds "
                  f"(table: `summary.csv`)."]
     sec.lines += ["", markdown_table(header, table[:60])] + (["", f"({len(table) - 60} more rows in summary.csv)"]
                                                              if len(table) > 60 else [])
     sec.data = per
     return sec
+
+
+def _diff_text(d: Paired | None, expect_greater: bool = True) -> str:
+    """``difference +1.2 ± 0.8 points over 3 seeds — **reproduced**`` (paired by seed, 95 % CI)."""
+    if d is None:
+        return "no seed ran both arms — **inconclusive**"
+    return f"difference {d.pct()} points over {d.n} seed{'s' if d.n != 1 else ''} — **{ci_verdict(d, expect_greater)}**"
 
 
 def vs_r(rows, out: Path) -> Section:
@@ -94,23 +102,24 @@ def vs_r(rows, out: Path) -> Section:
         sub, out, "vs_r", "Downstream score against the noisy-pairs rate r", "r",
         "downstream score vs noisy-pairs rate r", "noisy-pairs rate r",
         "Finding (Gerard & Sullivan, Fig. 1, 4, 5): MoCo v2 and the dense contrastive losses are robust "
-        "to, or even helped by, partly mismatched positive pairs, so mIoU at the largest r is not below "
-        "mIoU at the smallest r by more than the spread (only fully false pairs, p = 1, hurt).",
+        "to, or even helped by, partly mismatched positive pairs; only fully false pairs (p = 1) hurt. Per "
+        "series: mIoU at the largest r minus at the smallest r, paired by seed. For p < 1 **contradicted** "
+        "means the CI lies below zero (mismatched pairs hurt), **reproduced** above zero (they helped); for "
+        "p = 1 the finding expects a drop.",
     )
-    data = sec.data
+    scores = scored(sub, "miou")
     for name, pts in miou.series.items():
         if is_random(name.split(",")[0], rows) or len(pts) < 2:
             continue
         (x0, a), (x1, b) = pts[0], pts[-1]
-        f1 = dict(data["f1"].series.get(name, [])) if "f1" in data else {}
-        extra = f"; F1 {f1[x0].pct()} vs {f1[x1].pct()}" if x0 in f1 and x1 in f1 else ""
-        # a series of fully false pairs (p = 1) is expected to drop; partly mismatched ones not to
+        keys = miou.keys[name]
+        d = paired_between(scores, {**keys, "r": x1}, {**keys, "r": x0})
         p_match = re.search(r"\bp=([0-9.]+)", name)
         fully_false = p_match is not None and float(p_match.group(1)) >= 1.0
-        v = verdict(a, b) if fully_false else verdict_not_below(a, b)
-        sec.lines.append(f"- {name}: mIoU {a.pct()} at r={x0} vs {b.pct()} at r={x1}{extra} — **{v}**.")
-    for name, s in miou.baselines.items():
-        sec.lines.append(f"- reference {name}: mIoU {s.pct()}.")
+        sec.lines.append(f"- {name}: mIoU {a.pct()} at r={x0}, {b.pct()} at r={x1}; "
+                         f"{_diff_text(d, expect_greater=not fully_false)}.")
+    for name, st in miou.baselines.items():
+        sec.lines.append(f"- reference {name}: mIoU {st.pct()}.")
     return sec
 
 
@@ -124,16 +133,17 @@ def heatmap_rp(rows, out: Path) -> Section:
     fully_false = float(hi[1]) >= 1.0
     if fully_false:
         sec.lines.append("Finding (Gerard & Sullivan): only fully false pairs hurt, so the (largest r, p = 1) cell is "
-                         "below the (smallest r, smallest p) cell.")
+                         "below the (smallest r, smallest p) cell (paired by seed).")
     else:
         sec.lines.append("Finding (Gerard & Sullivan): partly mismatched pairs (p < 1) do not hurt, so the (largest r, "
-                         "largest p) cell is not below the (smallest r, smallest p) cell by more than the spread.")
+                         "largest p) cell is not below the (smallest r, smallest p) cell (paired by seed; "
+                         "**contradicted** only when the CI lies below zero).")
     for name, cells in heat.panels.items():
         if lo in cells and hi in cells:
-            a, b = cells[lo], cells[hi]
-            v = verdict(a, b) if fully_false else verdict_not_below(a, b)
-            sec.lines.append(f"- {name}: mIoU {a.pct()} at (r={lo[0]}, p={lo[1]}) vs {b.pct()} at (r={hi[0]}, "
-                             f"p={hi[1]}) — **{v}**.")
+            keys = heat.keys.get(name, {})
+            d = paired_between(sub, {**keys, "r": hi[0], "p": hi[1]}, {**keys, "r": lo[0], "p": lo[1]})
+            sec.lines.append(f"- {name}: mIoU {cells[lo].pct()} at (r={lo[0]}, p={lo[1]}), {cells[hi].pct()} at "
+                             f"(r={hi[0]}, p={hi[1]}); {_diff_text(d, expect_greater=not fully_false)}.")
     return sec
 
 
@@ -145,27 +155,33 @@ def noisy_minus_mere(rows, out: Path) -> Section:
     noisy = heat_data([r for r in both if r.get("mere_exposure") is False], "r", "p", others=others)
     mere = heat_data([r for r in both if r.get("mere_exposure") is True], "r", "p", others=others)
     diff: dict[str, dict[tuple, Stat]] = {}
+    pairs: dict[str, dict[tuple, Paired]] = {}
     for name, cells in mere.panels.items():
-        for k, m in cells.items():
-            n = noisy.panels.get(name, {}).get(k)
-            if n is not None:  # std of a difference of independent means
-                diff.setdefault(name, {})[k] = Stat(n.mean - m.mean, math.sqrt(n.std ** 2 + m.std ** 2), min(n.n, m.n))
+        keys = mere.keys.get(name, {})
+        for k in cells:
+            a = per_seed(both, {**keys, "r": k[0], "p": k[1], "mere_exposure": False})
+            b = per_seed(both, {**keys, "r": k[0], "p": k[1], "mere_exposure": True})
+            diffs = [a[s] - b[s] for s in a if s in b]  # same seed: same scenes, same test set
+            if diffs:
+                diff.setdefault(name, {})[k] = stat(diffs)
+                pairs.setdefault(name, {})[k] = paired(diffs)
     heat = Heat("r", "p", sorted({k[0] for c in diff.values() for k in c}), sorted({k[1] for c in diff.values() for k in c}),
                 diff)
     sec.data = heat
     if not diff:
-        sec.lines.append("No (r, p) has both a noisy-pairs and a mere-exposure run.")
+        sec.lines.append("No (r, p) has both a noisy-pairs and a mere-exposure run of the same seed.")
         return sec
-    sec.figure = heatmap_figure(heat, "mIoU: noisy pairs − mere exposure (points)", out / "noisy_minus_mere.png",
-                                diverging=True)
+    sec.figure = heatmap_figure(heat, "mIoU: noisy pairs − mere exposure (points, mean of paired differences)",
+                                out / "noisy_minus_mere.png", diverging=True)
     sec.lines.append("Finding (Gerard & Sullivan, Fig. 7–9): mere exposure (the same noisy images, never in a "
-                     "mismatched pair) is the control; partly mismatched pairs are no worse than mere exposure, so "
-                     "noisy pairs are not below mere exposure at the same (r, p) by more than the spread.")
-    for name, cells in diff.items():
+                     "mismatched pair) is the control; partly mismatched pairs are no worse than mere exposure. "
+                     "Noisy pairs minus mere exposure at the same (r, p) and seed: **contradicted** only when the "
+                     "CI lies below zero.")
+    for name, cells in pairs.items():
         k = max(cells)  # largest r (then p): where the effect should be clearest
-        n, m = noisy.panels[name][k], mere.panels[name][k]
-        sec.lines.append(f"- {name}: at (r={k[0]}, p={k[1]}) noisy pairs mIoU {n.pct()} vs mere exposure {m.pct()} "
-                         f"(difference {100 * cells[k].mean:+.1f}) — **{verdict_not_below(m, n)}**.")
+        n, m = noisy.panels[name].get(k), mere.panels[name][k]
+        sec.lines.append(f"- {name}: at (r={k[0]}, p={k[1]}) noisy pairs mIoU {n.pct() if n else '–'}, mere exposure "
+                         f"{m.pct()}; {_diff_text(cells[k])}.")
     return sec
 
 
@@ -174,15 +190,20 @@ def method_decoder(rows, out: Path) -> Section:
     sub = scored(rows, "miou")
     group_cols = [c for c in varying(sub, exclude=("downstream",))]
     cells: dict[tuple[str, str], Stat] = {}
-    for key, s in aggregate(sub, group_cols + ["downstream"]).items():
-        cells[(label(dict(zip(group_cols, key[:-1])), group_cols), str(key[-1]))] = s
+    group_keys: dict[str, dict[str, Any]] = {}
+    for key, st in aggregate(sub, group_cols + ["downstream"]).items():
+        g = label(dict(zip(group_cols, key[:-1])), group_cols)
+        group_keys[g] = dict(zip(group_cols, key[:-1]))
+        cells[(g, str(key[-1]))] = st
     sec.data = cells
     groups = list(dict.fromkeys(k[0] for k in cells))
     downs = list(dict.fromkeys(k[1] for k in cells))
     table = [[g, *(cells[(g, d)].pct() if (g, d) in cells else "–" for d in downs)] for g in groups]
     write_csv(out / "method_decoder.csv", ["setting", *downs], table)
-    sec.figure = bar_figure(cells, "mIoU by pretraining and downstream decoder", "mIoU (%)", out / "method_decoder_bars.png")
-    sec.lines += ["mIoU (%), mean ± std over seeds (`method_decoder.csv`):", "", markdown_table(["setting", *downs], table), ""]
+    sec.figure = bar_figure(cells, "mIoU by pretraining and downstream decoder (95 % CI)", "mIoU (%)",
+                            out / "method_decoder_bars.png")
+    sec.lines += ["mIoU (%), mean ± 95 % CI over seeds (`method_decoder.csv`):", "",
+                  markdown_table(["setting", *downs], table), ""]
     randoms = [g for g in groups if is_random(g.split(",")[0], rows)]
     if not randoms:
         sec.lines.append("No random-initialisation arm in the table: the transfer finding cannot be checked.")
@@ -190,14 +211,17 @@ def method_decoder(rows, out: Path) -> Section:
     base = randoms[0]
     sec.lines.append(f"Finding (Liu et al.): an encoder pretrained on noisy labels transfers better than random "
                      f"initialisation to every decoder, also when the pretraining classes do not match the downstream "
-                     f"ones. Compared with `{base}`:")
+                     f"ones. Each setting minus `{base}` with the same decoder and seed:")
+    down_of = {str(r["downstream"]): r["downstream"] for r in sub}
     for g in groups:
         if g in randoms:
             continue
         for d in downs:
             if (g, d) in cells and (base, d) in cells:
-                a, b = cells[(g, d)], cells[(base, d)]
-                sec.lines.append(f"- {g} → {d}: mIoU {a.pct()} vs {b.pct()} — **{verdict(a, b)}**.")
+                diff = paired_between(sub, {**group_keys[g], "downstream": down_of[d]},
+                                      {**group_keys[base], "downstream": down_of[d]})
+                sec.lines.append(f"- {g} → {d}: mIoU {cells[(g, d)].pct()} vs {cells[(base, d)].pct()}; "
+                                 f"{_diff_text(diff)}.")
     return sec
 
 
@@ -205,16 +229,22 @@ def alpha(rows, out: Path) -> Section:
     sec, miou = _line_section(
         rows, out, "alpha", "FALSE: α against downstream mIoU", "alpha", "downstream score vs FALSE α", "α",
         "Finding (Zhang et al. 2022, FALSE): handling false negatives improves on plain InfoNCE, so "
-        "FALSE's best α scores above InfoNCE (best α picked on these same scores: optimistic).",
+        "FALSE scores above InfoNCE. Each α minus InfoNCE, paired by seed; the verdict is given for the best α, "
+        "picked on these same scores (optimistic).",
     )
-    for name, pts in miou.series.items():
-        sec.lines.append(f"- {name}: " + ", ".join(f"α={x}: {s.pct()}" for x, s in pts))
+    scores = scored(rows, "miou")
     for name, pts in miou.series.items():
         ref = miou.baseline_for(name)
+        parts = [f"α={x}: {st.pct()}" for x, st in pts]
         if ref is None:
+            sec.lines.append(f"- {name}: " + ", ".join(parts) + " (no InfoNCE arm to compare with).")
             continue
+        base_where = {**miou.keys[ref[0]], "alpha": None}
+        diffs = {x: paired_between(scores, {**miou.keys[name], "alpha": x}, base_where) for x, _ in pts}
+        parts = [f"α={x}: {st.pct()} ({diffs[x].pct() if diffs[x] else '–'} vs {ref[0]})" for x, st in pts]
+        sec.lines.append(f"- {name}: " + ", ".join(parts) + f"; {ref[0]} {ref[1].pct()}.")
         x, best = max(pts, key=lambda p: p[1].mean)
-        sec.lines.append(f"- {name}, best α={x}: {best.pct()} vs {ref[0]} {ref[1].pct()} — **{verdict(best, ref[1])}**.")
+        sec.lines.append(f"- {name}, best α={x} minus {ref[0]}: {_diff_text(diffs[x])}.")
     return sec
 
 
@@ -223,14 +253,16 @@ def label_noise(rows, out: Path) -> Section:
         rows, out, "label_noise", "Downstream mIoU against pretraining label noise", "flip_rate",
         "downstream score vs pretraining label noise", "flip rate",
         "Finding (Liu et al.): noisy-label pretraining tolerates heavy label noise, so even at the "
-        "largest flip rate it transfers better than random initialisation.",
+        "largest flip rate it transfers better than random initialisation (paired by seed and downstream).",
     )
+    scores = scored(rows, "miou")
     for name, pts in miou.series.items():
         (x0, a), (x1, b) = pts[0], pts[-1]
         base = miou.baseline_for(name)
-        text = f"- {name}: mIoU {a.pct()} at flip rate {x0} vs {b.pct()} at {x1}"
+        text = f"- {name}: mIoU {a.pct()} at flip rate {x0}, {b.pct()} at {x1}"
         if base:
-            text += f"; {base[0]} {base[1].pct()} — **{verdict(b, base[1])}**."
+            d = paired_between(scores, {**miou.keys[name], "flip_rate": x1}, {**miou.keys[base[0]], "flip_rate": None})
+            text += f"; {base[0]} {base[1].pct()}; flip rate {x1} minus {base[0]}: {_diff_text(d)}."
         else:
             text += " — **inconclusive (no random-init arm to compare with)**."
         sec.lines.append(text)
@@ -400,7 +432,7 @@ def build_report(rows: list[dict[str, Any]], out: Path) -> list[Section]:
 
 
 def render(sections: list[Section], source: Path) -> str:
-    lines = ["# Sweep report", "", f"Made from `{source}` only. Scores in percent (mean ± std over seeds).", ""]
+    lines = ["# Sweep report", "", f"Made from `{source}` only. Scores in percent (mean ± 95 % CI over seeds).", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
         if s.figure is not None:

@@ -1,11 +1,11 @@
 """Figures of a sweep report, each with the data it plots (returned, and written beside it as CSV).
 
 * :func:`line_figure` — a score against one parameter (r, α, flip rate), one line per setting of
-  the other varying parameters, mean ± std over seeds as error bars; arms where the parameter does
+  the other varying parameters, mean ± 95 % CI over seeds as error bars; arms where the parameter does
   not apply (random initialisation) as dashed horizontal lines.
 * :func:`heatmap_figure` — mean score over two parameters (r × p), one panel per setting of the
   others; also used for differences (noisy pairs minus mere exposure).
-* :func:`bar_figure` — grouped bars (pretraining method × downstream decoder).
+* :func:`bar_figure` — grouped bars (pretraining method × downstream decoder), 95 % CI error bars.
 * :func:`ci_figure` — paired differences with their confidence intervals, zero marked.
 * :func:`paired_lines_figure` — paired differences against a level (label noise), one panel per
   downstream, one line per arm (loss), confidence intervals as error bars, zero marked.
@@ -82,6 +82,11 @@ def lines_data(rows: list[dict[str, Any]], x: str, metric: str) -> Lines:
     return out
 
 
+def _bar(half_width: float) -> float:
+    """An error bar in points: a 95 % CI half-width, none for one seed (its interval is infinite)."""
+    return 0.0 if math.isinf(half_width) else 100 * half_width
+
+
 def _save(fig, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
@@ -96,18 +101,18 @@ def line_figure(per_metric: dict[str, Lines], title: str, xlabel: str, path: Pat
     for ax, (metric, data) in zip(axes[0], per_metric.items()):
         for name, pts in data.series.items():
             xs = [p[0] for p in pts]
-            ax.errorbar(xs, [100 * p[1].mean for p in pts], yerr=[100 * p[1].std for p in pts],
+            ax.errorbar(xs, [100 * p[1].mean for p in pts], yerr=[_bar(p[1].half_width) for p in pts],
                         marker="o", capsize=3, label=name)
-            table += [[metric, name, x, s.mean, s.std, s.n] for x, s in pts]
+            table += [[metric, name, x, s.mean, s.std, s.half_width, s.n] for x, s in pts]
         for i, (name, s) in enumerate(data.baselines.items()):
             ax.axhline(100 * s.mean, ls="--", color=f"C{(len(data.series) + i) % 10}", label=f"{name} (baseline)")
-            table.append([metric, f"{name} (baseline)", "", s.mean, s.std, s.n])
+            table.append([metric, f"{name} (baseline)", "", s.mean, s.std, s.half_width, s.n])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    write_csv(path.with_suffix(".csv"), ["metric", "series", data.x, "mean", "std", "n"], table)
+    write_csv(path.with_suffix(".csv"), ["metric", "series", data.x, "mean", "std", "half_width", "n"], table)
     return _save(fig, path)
 
 
@@ -120,6 +125,7 @@ class Heat:
     xs: list[Any]
     ys: list[Any]
     panels: dict[str, dict[tuple, Stat]]
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # panel -> the column values it stands for
 
 
 def heat_data(rows: list[dict[str, Any]], x: str, y: str, exclude: tuple[str, ...] = (),
@@ -132,9 +138,12 @@ def heat_data(rows: list[dict[str, Any]], x: str, y: str, exclude: tuple[str, ..
     if others is None:
         others = varying(rows, exclude=(x, y, *exclude))
     panels: dict[str, dict[tuple, Stat]] = {}
+    keys: dict[str, dict[str, Any]] = {}
     for key, s in aggregate(rows, others + [x, y]).items():
-        panels.setdefault(label(dict(zip(others, key[:-2])), others), {})[key[-2:]] = s
-    return Heat(x, y, values_of(rows, x), values_of(rows, y), dict(sorted(panels.items())))
+        name = label(dict(zip(others, key[:-2])), others)
+        keys[name] = dict(zip(others, key[:-2]))
+        panels.setdefault(name, {})[key[-2:]] = s
+    return Heat(x, y, values_of(rows, x), values_of(rows, y), dict(sorted(panels.items())), keys)
 
 
 def heatmap_figure(heat: Heat, title: str, path: Path, diverging: bool = False) -> Path:
@@ -177,14 +186,14 @@ def bar_figure(cells: dict[tuple[str, str], Stat], title: str, ylabel: str, path
     for j, b in enumerate(bars):
         xs = [i + j * width for i, g in enumerate(groups) if (g, b) in cells]
         st = [cells[(g, b)] for g in groups if (g, b) in cells]
-        ax.bar(xs, [100 * s.mean for s in st], width, yerr=[100 * s.std for s in st], capsize=3, label=b)
+        ax.bar(xs, [100 * s.mean for s in st], width, yerr=[_bar(s.half_width) for s in st], capsize=3, label=b)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title)
-    write_csv(path.with_suffix(".csv"), ["group", "bar", "mean", "std", "n"],
-              [[g, b, s.mean, s.std, s.n] for (g, b), s in cells.items()])
+    write_csv(path.with_suffix(".csv"), ["group", "bar", "mean", "std", "half_width", "n"],
+              [[g, b, s.mean, s.std, s.half_width, s.n] for (g, b), s in cells.items()])
     return _save(fig, path)
 
 

@@ -1,4 +1,5 @@
-"""The numbers of a report, from ``results.csv`` only: grouping, mean ± std over seeds, verdicts.
+"""The numbers of a report, from ``results.csv`` only: grouping, mean ± 95 % CI over seeds, paired
+differences and verdicts from their confidence intervals.
 
 Every analysis here is a pure function of the table's rows (dicts of typed values), so the
 figures (:mod:`noisyseg.report.figures`) and the Markdown plot and state exactly the same numbers.
@@ -80,15 +81,31 @@ def has_axis(rows: list[dict[str, Any]], col: str, at_least: int = 2) -> bool:
 
 @dataclass
 class Stat:
-    """Mean and sample standard deviation over seeds."""
+    """Mean, sample standard deviation and count over seeds."""
 
     mean: float
     std: float
     n: int
 
+    @property
+    def half_width(self) -> float:
+        """Half-width of the mean's two-sided 95 % t-interval (infinite for one seed)."""
+        return _t_half_width(self.std, self.n)
+
     def pct(self) -> str:
-        """``61.2 ± 1.0`` (scores in percent)."""
-        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
+        """``61.2 ± 1.0`` (percent, mean ± 95 % CI half-width) or ``61.2 (one seed)``."""
+        if self.n < 2:
+            return f"{100 * self.mean:.1f} (one seed)"
+        return f"{100 * self.mean:.1f} ± {100 * self.half_width:.1f}"
+
+
+def _t_half_width(sd: float, n: int, confidence: float = 0.95) -> float:
+    """``t_{(1+c)/2, n-1} * sd / sqrt(n)``: half-width of a t confidence interval of a mean."""
+    from scipy.stats import t as student_t
+
+    if n < 2:
+        return math.inf
+    return float(student_t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
 
 
 def stat(values: list[float]) -> Stat:
@@ -145,8 +162,6 @@ def paired(diffs: list[float], confidence: float = 0.95) -> Paired:
     ``t_{(1+c)/2, n-1} * s / sqrt(n)`` with ``s`` the sample std of the differences (infinite
     for one difference: nothing can be concluded from one seed).
     """
-    from scipy.stats import t as student_t
-
     n = len(diffs)
     if n == 0:
         raise ValueError("no paired differences")
@@ -154,7 +169,29 @@ def paired(diffs: list[float], confidence: float = 0.95) -> Paired:
     if n < 2:
         return Paired(mean, math.inf, 1)
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    return Paired(mean, float(student_t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n), n)
+    return Paired(mean, _t_half_width(sd, n, confidence), n)
+
+
+def per_seed(rows: list[dict[str, Any]], where: dict[str, Any]) -> dict[Any, float]:
+    """``{seed: value}`` of the rows whose columns equal ``where`` (a blank cell equals None).
+
+    Raises:
+        ReportError: two rows of one seed match (``where`` does not name one arm).
+    """
+    out: dict[Any, float] = {}
+    for r in rows:
+        if all(r.get(c) == v for c, v in where.items()):
+            if r.get("seed") in out:
+                raise ReportError(f"two rows of seed {r.get('seed')} match {where}: the arm is not fully named")
+            out[r.get("seed")] = float(r["value"])
+    return out
+
+
+def paired_between(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> Paired | None:
+    """Arm ``a`` minus arm ``b`` over the seeds both ran (rows of one metric); None without a shared seed."""
+    va, vb = per_seed(rows, a), per_seed(rows, b)
+    seeds = [s for s in va if s in vb]
+    return paired([va[s] - vb[s] for s in seeds]) if seeds else None
 
 
 def ci_verdict(d: Paired, expect_greater: bool = True) -> str:
@@ -165,35 +202,6 @@ def ci_verdict(d: Paired, expect_greater: bool = True) -> str:
         return f"inconclusive (difference below {100 * MIN_DIFF:.1f} points)"
     greater = d.low > 0
     return "reproduced" if greater == expect_greater else "contradicted"
-
-
-def verdict(a: Stat, b: Stat, expect_greater: bool = True) -> str:
-    """Compare ``a`` with ``b`` where the finding expects ``a > b`` (or ``a < b``).
-
-    Returns:
-        ``reproduced``, ``not reproduced at this scale`` or ``inconclusive (difference within one
-        std)``; with one seed per arm there is no spread, which the wording says.
-    """
-    diff = a.mean - b.mean
-    spread = max(a.std, b.std)
-    if abs(diff) <= spread:
-        return "inconclusive (difference within one std)"
-    if abs(diff) < MIN_DIFF:
-        return f"inconclusive (difference below {100 * MIN_DIFF:.1f} points)"
-    ok = diff > 0 if expect_greater else diff < 0
-    out = "reproduced" if ok else "not reproduced at this scale"
-    return out + (" (one seed: no spread to judge by)" if max(a.n, b.n) < 2 else "")
-
-
-def verdict_not_below(ref: Stat, b: Stat) -> str:
-    """A robustness finding: ``b`` is not below ``ref`` by more than the spread (or 0.1 points).
-
-    Returns:
-        ``reproduced`` when ``b >= ref - max(std, MIN_DIFF)``, else ``not reproduced at this scale``.
-    """
-    margin = max(ref.std, b.std, MIN_DIFF)
-    out = "reproduced" if b.mean >= ref.mean - margin else "not reproduced at this scale"
-    return out + (" (one seed: no spread to judge by)" if max(ref.n, b.n) < 2 else "")
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
