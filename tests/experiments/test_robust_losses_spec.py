@@ -112,13 +112,19 @@ def test_ce_dice_arm_repeats_label_noise_tolerance_quick():
     assert pre == theirs.pretrain and ours.downstream == theirs.downstream
 
 
-def test_buildings_plans_four_losses_two_drop_rates_and_replaces_the_noise_list():
+def test_buildings_full_plans_four_losses_two_drop_rates():
+    plans = plan_runs(load_spec(BUILDINGS, "full"))
+    got = sorted((p.params["loss"], p.params["drop_rate"], p.seed) for p in plans)
+    assert got == sorted(itertools.product(["ce_dice", "symmetric_ce", "generalized_ce", "small_loss"], [0.3, 0.6],
+                                           [0, 1, 2, 3, 4]))
+
+
+def test_buildings_quick_plans_three_losses_at_60_percent_omitted_and_replaces_the_noise_list():
     spec = load_spec(BUILDINGS, "quick")
     assert column_names(spec)["drop_rate"] == "drop_rate"
     plans = plan_runs(spec)
     got = sorted((p.params["loss"], p.params["drop_rate"], p.seed) for p in plans)
-    assert got == sorted(itertools.product(["ce_dice", "symmetric_ce", "generalized_ce", "small_loss"], [0.3, 0.6],
-                                           [0, 1, 2]))
+    assert got == sorted(itertools.product(["ce_dice", "generalized_ce", "small_loss"], [0.6], [0, 1, 2]))
     for p in plans:
         pool = p.pretrain["data"]["init_args"]["train"]["init_args"]
         assert pool["split"] == "pool"
