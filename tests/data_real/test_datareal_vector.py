@@ -208,12 +208,41 @@ def test_errors_name_the_files(tmp_path):
         VectorLabels(_spacenet(), path, buffer_px=float("nan"))
     with pytest.raises(ValueError, match=r"background='rest'"):
         VectorLabels(_spacenet(), path, background="rest")
-    (tmp_path / "fp.gpkg").write_bytes(b"")
-    try:
-        import fiona  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match=r"fp.gpkg: reading .gpkg needs fiona.*GeoJSON"):
-            VectorLabels(_spacenet(), str(tmp_path / "fp.gpkg"))
+    (tmp_path / "fp.gpkg").write_bytes(b"")  # an empty file is no GeoPackage: OGR's error, with the file named
+    with pytest.raises(ValueError, match=r"vector file .*fp.gpkg cannot be read by OGR"):
+        VectorLabels(_spacenet(), str(tmp_path / "fp.gpkg"))
     (tmp_path / "bad.geojson").write_text('{"type": "Topology"}')
     with pytest.raises(ValueError, match=r"bad.geojson is not GeoJSON"):
         VectorLabels(_spacenet(), str(tmp_path / "bad.geojson"))
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("driver,suffix", [("GPKG", ".gpkg"), ("ESRI Shapefile", ".shp")])
+def test_geopackage_and_shapefile_give_the_geojson_labels(tmp_path, driver, suffix):
+    """The same polygons written by OGR as GeoPackage / Shapefile (in Web Mercator) burn the same masks."""
+    pyogrio_raw = pytest.importorskip("pyogrio.raw")
+    shapely = pytest.importorskip("shapely")
+    to_wgs84 = _tile_xy()
+
+    def to_mercator(cols, rows):
+        lon, lat = to_wgs84(cols, rows)
+        return transform("EPSG:4326", "EPSG:3857", list(lon), list(lat))
+
+    gj = _geojson(tmp_path / "fp.geojson", to_wgs84)
+    feats, _ = read_features(_geojson(tmp_path / "merc.geojson", to_mercator, "EPSG:3857"))
+    out = str(tmp_path / f"fp{suffix}")
+    geoms = [shapely.geometry.shape(f["geometry"]) for f in feats]
+    multi = [g if g.geom_type == "MultiPolygon" else shapely.MultiPolygon([g]) for g in geoms]
+    pyogrio_raw.write(out, geometry=shapely.to_wkb(np.array(multi, dtype=object)),
+        field_data=[np.array([f["properties"]["kind"] for f in feats], dtype=object)], fields=["kind"],
+        geometry_type="MultiPolygon", crs="EPSG:3857", driver=driver)
+    read, crs = read_features(out)
+    assert [f["properties"]["kind"] for f in read] == [k for k, _ in POLYGONS] and crs.to_epsg() == 3857
+    kw = dict(class_attribute="kind", class_values={"building": 1, "shed": 2})
+    ogr, ref = VectorLabels(_spacenet(), out, **kw), VectorLabels(_spacenet(), gj, **kw)
+    burnt = 0
+    for k in range(len(ref)):
+        a = ogr[k]["mask"].numpy()
+        np.testing.assert_array_equal(a, ref[k]["mask"].numpy())
+        burnt += int((a == 1).sum())
+    assert burnt > 5000

@@ -4,8 +4,8 @@
 polygons from one vector file: the geometries are transformed to each image CRS
 (``rasterio.warp.transform_geom``, once per CRS), and the ones near a window are burnt onto its
 output pixel grid with ``rasterio.features.rasterize``. Reading: GeoJSON (``.geojson`` / ``.json``)
-with the standard library; GeoPackage, Shapefile and every other OGR format through ``fiona`` when
-it is installed (it is not a dependency of noisyseg).
+with the standard library; GeoPackage, Shapefile and every other OGR format through pyogrio
+(fiona when pyogrio is missing).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ def read_features(path: str, crs: str | None = None) -> tuple[list[dict[str, Any
     """The features (``{"geometry", "properties"}``) of a vector file and their CRS.
 
     Args:
-        path: GeoJSON (FeatureCollection, Feature or bare geometry), or any format fiona reads.
+        path: GeoJSON (FeatureCollection, Feature or bare geometry), or any OGR format (pyogrio).
         crs: overrides the file's CRS. GeoJSON without one is EPSG:4326 (RFC 7946); a legacy
             ``"crs": {"properties": {"name": ...}}`` member is honoured.
 
     Raises:
-        ValueError: the file is not GeoJSON and fiona is not installed, its JSON is not GeoJSON, or
-            the CRS is unknown (file named).
+        ValueError: the file is not GeoJSON and neither pyogrio nor fiona is installed, OGR cannot
+            read it, its JSON is not GeoJSON, or the CRS is unknown (file named).
         OSError: the file cannot be read.
     """
     if path.lower().endswith(GEOJSON_SUFFIXES):
@@ -61,21 +61,50 @@ def read_features(path: str, crs: str | None = None) -> tuple[list[dict[str, Any
         named = ((obj.get("crs") or {}).get("properties") or {}).get("name")
         file_crs = named or GEOJSON_CRS
     else:
-        try:
-            import fiona
-        except ImportError:
-            raise ValueError(
-                f"vector file {path}: reading {Path(path).suffix or 'this format'} needs fiona, which is "
-                f"not installed; supported without it: GeoJSON ({', '.join(GEOJSON_SUFFIXES)}). Install "
-                f"fiona, or convert: ogr2ogr -f GeoJSON out.geojson {path}") from None
-        with fiona.open(path) as src:
-            file_crs = src.crs_wkt or None
-            feats = [dict(getattr(f, "__geo_interface__", f)) for f in src]
+        feats, file_crs = _read_ogr(path)
     try:
         out_crs = CRS.from_user_input(crs or file_crs)
     except CRSError as err:
         raise ValueError(f"vector file {path}: unknown CRS {crs or file_crs!r}: {err}") from err
     return [{"geometry": f.get("geometry"), "properties": dict(f.get("properties") or {})} for f in feats], out_crs
+
+
+def _read_ogr(path: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Features and CRS (WKT) of any OGR vector format (GeoPackage, Shapefile, FlatGeobuf, ...).
+
+    Through pyogrio (a dependency: GDAL's vector drivers in a wheel), which returns geometries as WKB
+    (decoded by shapely) and attributes as columns; through fiona when pyogrio is missing.
+
+    Raises:
+        ValueError: neither library is installed, or OGR cannot read the file (file named).
+    """
+    try:
+        import pyogrio.raw
+    except ImportError:
+        pyogrio = None
+    if pyogrio is not None:
+        import shapely
+        from shapely.geometry import mapping
+
+        try:
+            meta, _, wkb, columns = pyogrio.raw.read(path)
+        except Exception as err:  # pyogrio's DataSourceError and friends: one message naming the file
+            raise ValueError(f"vector file {path} cannot be read by OGR: {err}") from err
+        names = list(meta.get("fields") if meta.get("fields") is not None else [])
+        feats = []
+        for i, g in enumerate(shapely.from_wkb(wkb) if wkb is not None else []):
+            props = {n: (col[i].item() if hasattr(col[i], "item") else col[i]) for n, col in zip(names, columns)}
+            feats.append({"geometry": None if g is None else mapping(g), "properties": props})
+        return feats, meta.get("crs") or None
+    try:
+        import fiona
+    except ImportError:
+        raise ValueError(
+            f"vector file {path}: reading {Path(path).suffix or 'this format'} needs pyogrio or fiona, neither "
+            f"is installed; supported without them: GeoJSON ({', '.join(GEOJSON_SUFFIXES)}). Install pyogrio, "
+            f"or convert: ogr2ogr -f GeoJSON out.geojson {path}") from None
+    with fiona.open(path) as src:
+        return [dict(getattr(f, "__geo_interface__", f)) for f in src], src.crs_wkt or None
 
 
 def disk_offsets(radius: float) -> list[tuple[int, int]]:
