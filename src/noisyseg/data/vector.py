@@ -157,7 +157,7 @@ class VectorLabels(GeoLabels):
     Args:
         dataset: the imagery, a :class:`~noisyseg.data.raster.RasterSegmentation` (its ``masks``,
             when given, are the clean masks: sample ``clean_mask``).
-        footprints: the vector file (:func:`read_features`: GeoJSON; other formats need fiona).
+        footprints: the vector file (:func:`read_features`: GeoJSON, GeoPackage, Shapefile or any OGR format).
         class_attribute: the property holding each feature's class (``None``: ``burn_class``).
         class_values: attribute value -> class id or ``"ignore"`` (values compared as text, so YAML
             ``{1: 2}`` matches ``1`` and ``"1"``); ``None``: the value is the class id.
