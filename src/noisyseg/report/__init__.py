@@ -243,7 +243,7 @@ def alpha(rows, out: Path) -> Section:
         diffs = {x: paired_between(scores, {**miou.keys[name], "alpha": x}, base_where) for x, _ in pts}
         parts = [f"α={x}: {st.pct()} ({diffs[x].pct() if diffs[x] else '–'} vs {ref[0]})" for x, st in pts]
         sec.lines.append(f"- {name}: " + ", ".join(parts) + f"; {ref[0]} {ref[1].pct()}.")
-        x, best = max(pts, key=lambda p: p[1].mean)
+        x = max(pts, key=lambda p: p[1].mean)[0]  # the best alpha on these same scores
         sec.lines.append(f"- {name}, best α={x} minus {ref[0]}: {_diff_text(diffs[x])}.")
     return sec
 
