@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if "streaming" in only:  # 100,000 tiles stored three ways (~10 GB each); --quick: 2,000
         import bench_streaming
 
-        rows += bench_streaming.run(tiles=2_000 if args.quick else 100_000, repeats=args.repeats or 1)
+        rows += bench_streaming.run(tiles=2_000 if args.quick else 100_000, repeats=args.repeats or 2)
     opts = {**vars(args), "threads": threads, "seconds": round(time.perf_counter() - t0)}
     path = common.write_results(rows, env, opts, args.name)
     print()
