@@ -11,7 +11,8 @@ Usage::
 
     python tools/call_footprint.py configs/pretrain/moco_vts.yaml [--set KEY=VALUE ...] [--list]
 
-Prints ``files N, lines M`` and, with ``--list``, each file with its called functions' line count.
+Prints ``files N, lines M`` and, with ``--list``, each file with its called functions' line count
+(``--functions``: and each function's span).
 The issue that asks for it: a fast-dev-run of the MoCo and the supervised pretraining configs each
 should call functions in at most 12 files and at most 1,200 lines.
 """
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra `noisyseg fit` arguments as --KEY=VALUE (repeatable)")
     ap.add_argument("--list", action="store_true", help="print each file and its called functions' lines")
+    ap.add_argument("--functions", action="store_true", help="with --list: also each called function's lines")
     args = ap.parse_args(argv)
     import noisyseg
 
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for f in sorted(per_file, key=per_file.get, reverse=True):
             print(f"{per_file[f]:5d}  {Path(f).relative_to(package_root.parent)}  ({len(calls[f])} functions)")
+            if args.functions:
+                for name, (first, last) in sorted(calls[f].items(), key=lambda kv: kv[1]):
+                    print(f"       {last - first + 1:4d}  {name}  (lines {first}-{last})")
     print(f"{args.config}: files {len(per_file)}, lines {sum(per_file.values())}")
     return 0
 
