@@ -32,7 +32,7 @@ Disk: about 0.1 MB per tile each way, i.e. ~10 GB for the GeoTIFFs and ~10 GB fo
 little). Tiles are generated once
 into ``--data`` and reused while ``--tiles``/``--seed`` are unchanged; generation is not timed.
 
-Run: ``python benchmarks/bench_streaming.py [--tiles 100000] [--workers 2] [--samples 20000]``.
+Run: ``python benchmarks/bench_streaming.py [--tiles 100000] [--workers 2] [--samples 50000] [--drop-caches]``.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def measure(make, samples: int, limit: float | None = None) -> tuple[float | Non
 
 
 # ------------------------------------------------------------------------------------------- run
-def pack_once(root: Path, shards: Path, tiles: int, jobs: int) -> tuple[dict, bool]:
+def pack_once(root: Path, shards: Path, tiles: int, jobs: int, compression: str | None = "zstd") -> tuple[dict, bool]:
     """Pack the tiles into ``shards`` unless a complete pack of these tiles is there; ``(manifest, packed now)``.
 
     A pack is reused when its manifest counts ``tiles`` samples and is newer than the tiles'
@@ -204,10 +204,11 @@ def pack_once(root: Path, shards: Path, tiles: int, jobs: int) -> tuple[dict, bo
     done = shards / MANIFEST
     if done.exists() and done.stat().st_mtime > (root / "tiles.json").stat().st_mtime:
         manifest = json.loads(done.read_text())
-        if manifest.get("samples") == tiles:
+        if manifest.get("samples") == tiles and manifest.get("compression") == compression:
             return manifest, False
     src = RasterSegmentation("img/*.tif", "msk/*.tif", root=str(root), normalize=False)
-    return pack(src, shards, chunk_bytes="64MB", num_workers=jobs, overwrite=True, progress=True), True
+    return pack(src, shards, chunk_bytes="64MB", compression=compression, num_workers=jobs, overwrite=True,
+                progress=True), True
 
 
 def drop_page_cache() -> None:
@@ -219,9 +220,10 @@ def drop_page_cache() -> None:
         raise SystemExit(f"--drop-caches needs root on Linux (writing /proc/sys/vm/drop_caches failed: {e})") from None
 
 
-def run(tiles: int = 100_000, workers: int = 2, samples: int = 20_000, batch: int = 32, repeats: int = 2,
+def run(tiles: int = 100_000, workers: int = 2, samples: int = 50_000, batch: int = 32, repeats: int = 2,
         data: Path | None = None, pack_workers: int | None = None, seed: int = 0,
-        torchgeo_samples: int = 2_000, torchgeo_limit: float = 1_200.0, drop_caches: bool = False) -> list[dict]:
+        torchgeo_samples: int = 2_000, torchgeo_limit: float = 1_200.0, drop_caches: bool = False,
+        compression: str | None = "zstd") -> list[dict]:
     """Generate (or reuse) the tiles, pack them (or reuse the pack), time the three loaders; the result rows.
 
     Every repeat of a loader reads the same samples in the same order, so repeat 1 is a first read
@@ -233,13 +235,13 @@ def run(tiles: int = 100_000, workers: int = 2, samples: int = 20_000, batch: in
     common.quiet()
     torch.set_num_threads(1)
     data = data or Path("runs/bench_streaming")
-    root, shards = data / "tiles", data / "shards"
+    root, shards = data / "tiles", data / ("shards" if compression == "zstd" else f"shards-{compression or 'raw'}")
     jobs = pack_workers or len(os.sched_getaffinity(0))
     print(f"streaming: {tiles:,} tiles of {BANDS}x{SIZE}x{SIZE} uint16 in {root}", flush=True)
     made = make_tiles(root, tiles, seed, jobs)
     if made:
         print(f"  generated in {made:.1f} s (not timed below)")
-    m, packed = pack_once(root, shards, tiles, jobs)
+    m, packed = pack_once(root, shards, tiles, jobs, compression)
     tif_bytes = folder_bytes(root / "img", root / "msk")
     print(f"  {'packed' if packed else 'pack reused; it took'} {m['seconds']:.1f} s: {m['shards']} shards, "
           f"{m['bytes'] / 2**20:,.1f} MiB (GeoTIFFs {tif_bytes / 2**20:,.1f} MiB)", flush=True)
@@ -304,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiles", type=int, default=100_000, help="tiles generated (100,000)")
     ap.add_argument("--workers", type=int, default=2, help="loader workers of every loader (2; 0: main process)")
-    ap.add_argument("--samples", type=int, default=20_000, help="samples read per loader and repeat (20,000)")
+    ap.add_argument("--samples", type=int, default=50_000,
+                    help="samples read per loader and repeat (50,000: litdata's shuffled start costs a few "
+                         "seconds, which 20,000 samples do not amortise)")
     ap.add_argument("--batch", type=int, default=32, help="batch size (32)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="repeats of each loader over the same samples: the first read and the median re-read (2)")
@@ -317,12 +321,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="samples read by torchgeo's loader for its rate (2,000: it reads ~10-20 samples/s)")
     ap.add_argument("--torchgeo-limit", type=float, default=1_200.0,
                     help="seconds torchgeo may take to its first batch before it is stopped (1,200)")
+    ap.add_argument("--compression", default="zstd",
+                    help="the pack's compression: zstd (default), zstd:N or none (larger on disk, no inflating)")
     args = ap.parse_args(argv)
     if args.tiles < 2 * args.batch:
         ap.error(f"--tiles {args.tiles} must be at least two batches (2 x --batch {args.batch})")
     print(common.table(run(args.tiles, args.workers, args.samples, args.batch, args.repeats, args.data,
                            args.pack_workers, args.seed, args.torchgeo_samples, args.torchgeo_limit,
-                           args.drop_caches)))
+                           args.drop_caches, None if args.compression.lower() == "none" else args.compression)))
     return 0
 
 
