@@ -36,7 +36,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 
-from noisyseg.checkpoints import (
+from noisyseg.models.encoders import ENCODERS, build_encoder, check_arch
+from noisyseg.runfiles import (
     EncoderFileError,
     atomic_write,
     read_encoder,
@@ -44,7 +45,6 @@ from noisyseg.checkpoints import (
     save_encoder,
     split_state,
 )
-from noisyseg.models.encoders import ENCODERS, build_encoder, check_arch
 
 TARGETS = ("smp", "timm", "torchvision")
 """Export targets."""
@@ -204,7 +204,7 @@ def _read_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 def _without_decoder(state: dict[str, torch.Tensor], header: dict[str, str]) -> dict[str, torch.Tensor]:
-    """A noisyseg encoder file may also hold its decoder (:func:`~noisyseg.checkpoints.split_state`): drop it."""
+    """A noisyseg encoder file may also hold its decoder (:func:`~noisyseg.runfiles.split_state`): drop it."""
     try:
         meta = json.loads(header.get("noisyseg", "{}"))
         return split_state(state, meta)[0] if isinstance(meta, dict) else state

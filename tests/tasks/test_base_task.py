@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from noisyseg.checkpoints import read_encoder
+from noisyseg.runfiles import read_encoder
 from noisyseg.tasks.base import LR_SCHEDULES, BaseTask, _fusable, batch_sources, constant, warmup_constant, warmup_cosine
 from noisyseg.tasks.health import RepresentationHealth
 

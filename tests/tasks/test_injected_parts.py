@@ -251,8 +251,8 @@ def _moco_run(root, length: int, max_steps: int) -> dict:
 
 
 def test_noisyseg_fit_links_the_data_and_a_resume_takes_the_checkpoints_queue(tmp_path, one_thread) -> None:
-    from noisyseg.checkpoints import read_encoder
-    from noisyseg.lightning_cli import run_config
+    from noisyseg.runfiles import read_encoder
+    from noisyseg.cli import run_config
 
     first = run_config(_moco_run(tmp_path, length=16, max_steps=2), quiet=True)
     task = first["model"]

@@ -4,8 +4,8 @@ import lightning as L
 import pytest
 import torch
 
-from noisyseg.checkpoints import read_encoder, save_encoder
 from noisyseg.data import DataModule, VTSSegmentation
+from noisyseg.runfiles import read_encoder, save_encoder
 from noisyseg.tasks import SegmentationTask
 
 
@@ -71,7 +71,7 @@ def test_test_scores_clean_labels(tmp_path, one_thread):
                         enable_model_summary=False, precision="32-true", default_root_dir=str(tmp_path))
     trainer.fit(task, datamodule=dm)
     trainer.test(task, datamodule=dm, verbose=False)
-    logged = trainer.callback_metrics  # what noisyseg.lightning_cli writes to results.json
+    logged = trainer.callback_metrics  # what noisyseg.cli writes to results.json
     clean, noisy = _by_hand(task, ds, "clean_mask"), _by_hand(task, ds, "mask")
     assert clean["miou"] != noisy["miou"]  # the two targets tell apart which one was scored
     for key in ("miou", "iou/fg", "f1", "accuracy"):

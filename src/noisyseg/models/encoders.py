@@ -3,7 +3,7 @@
 An encoder maps ``[B, C, H, W]`` to a stride-ordered list of six feature maps (strides 1, 2, 4,
 8, 16, 32; the first is the input itself) and states ``out_channels`` — the smp convention every
 decoder here is built from. Weights start random: nothing is downloaded; pretrained weights come
-only from an encoder file (:mod:`noisyseg.checkpoints`) or an explicit import
+only from an encoder file (:mod:`noisyseg.runfiles`) or an explicit import
 (:mod:`noisyseg.interop`).
 """
 

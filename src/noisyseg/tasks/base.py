@@ -22,10 +22,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from noisyseg.checkpoints import save_encoder
 from noisyseg.data.sample import IMAGE, IMAGE2, META
 from noisyseg.distributed import is_dist
-from noisyseg.runfiles import check_output_file, remove_stale_temp
+from noisyseg.runfiles import check_output_file, remove_stale_temp, save_encoder
 from noisyseg.runtime import Acceleration
 
 

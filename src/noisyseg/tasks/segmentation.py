@@ -23,12 +23,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from noisyseg.checkpoints import EncoderFileError, load_encoder, read_decoder, save_encoder
 from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
 from noisyseg.data.stats import class_counts
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
 from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
 from noisyseg.models.segmentation import build_segmentation_model
+from noisyseg.runfiles import EncoderFileError, load_encoder, read_decoder, save_encoder
 from noisyseg.tasks.base import BaseTask, batch_sources
 from noisyseg.tasks.links import DATA_LINKS
 from noisyseg.transforms.batch import SEGMENTATION_PRESETS, SegmentationAugment
@@ -495,7 +495,7 @@ class SegmentationTask(BaseTask):
     def on_test_epoch_end(self) -> None:
         self.test_scores = scores_from_confusion(self.test_cm.compute(), self.class_names)
         self.test_cm.reset()
-        # noisyseg.lightning_cli writes these scores to the run's results.json
+        # noisyseg.cli writes these scores to the run's results.json
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
