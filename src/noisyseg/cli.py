@@ -58,7 +58,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from noisyseg.config import check_classes, yaml_error_message
-from noisyseg.data.datamodule import DataModule
+from noisyseg.data.loading import DataModule
 from noisyseg.runfiles import (
     CONFIG_FILE,
     RESULTS_FILE,

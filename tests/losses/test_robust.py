@@ -22,7 +22,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from noisyseg.config import instantiate
 from noisyseg.data import DataModule, VTSSegmentation
-from noisyseg.data.sample import IMAGE, MASK
+from noisyseg.data.loading import IMAGE, MASK
 from noisyseg.losses import CEDiceLoss
 from noisyseg.losses.robust import (
     BootstrappingCE,

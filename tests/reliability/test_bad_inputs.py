@@ -19,7 +19,7 @@ import torch
 from conftest import tiny_config, vts, write_config
 from noisyseg.data import XBDSegmentation
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import IGNORE_INDEX, MASK
+from noisyseg.data.loading import IGNORE_INDEX, MASK
 from noisyseg.losses.segmentation import CEDiceLoss
 from noisyseg.models.encoders import build_encoder
 from noisyseg.runfiles import EncoderFileError, save_encoder

@@ -18,7 +18,7 @@ from conftest import tiny_config, vts, write_config
 from noisyseg.config import load_config
 from noisyseg.data.io import png_complete
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import collate, make_sample
+from noisyseg.data.loading import collate, make_sample
 from test_bad_inputs import assert_error, fit, raster_data, write_tif, xbd, xbd_data
 
 RNG = np.random.default_rng(1)

@@ -17,7 +17,7 @@ from lightning import LightningDataModule
 from torch import nn
 
 from noisyseg.data import DataModule, VTSPairs, VTSSegmentation
-from noisyseg.data.sample import IMAGE, IMAGE2, MASK, MASK2
+from noisyseg.data.loading import IMAGE, IMAGE2, MASK, MASK2
 from noisyseg.losses.dense import downsample_labels
 from noisyseg.models.encoders import last_features
 from noisyseg.tasks import DenseContrastTask, DINOTask, MoCoTask, SegmentationTask, SimCLRTask

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from noisyseg.data import DataModule, VTSSegmentation
-from noisyseg.data.sample import IMAGE
+from noisyseg.data.loading import IMAGE
 from noisyseg.data.vts import VTS_MEAN, VTS_STD
 from noisyseg.models.encoders import build_encoder
 from noisyseg.runfiles import read_decoder, read_encoder, save_encoder

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from noisyseg.data.sample import IMAGE, IMAGE2, META
+from noisyseg.data.loading import IMAGE, IMAGE2, META
 from noisyseg.distributed import is_dist
 from noisyseg.runfiles import check_output_file, remove_stale_temp, save_encoder
 from noisyseg.runtime import Acceleration

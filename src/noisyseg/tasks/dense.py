@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.data.sample import IGNORE_INDEX, IMAGE, IMAGE2, MASK, MASK2
+from noisyseg.data.loading import IGNORE_INDEX, IMAGE, IMAGE2, MASK, MASK2
 from noisyseg.losses.dense import CrossImageLoss, WithinImageLoss, downsample_labels
 from noisyseg.models.encoders import build_encoder, last_features
 from noisyseg.models.heads import DenseProjection

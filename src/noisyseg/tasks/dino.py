@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.data.loading import IMAGE, IMAGE2
 from noisyseg.losses.dino import DINOLoss
 from noisyseg.models.encoders import build_encoder
 from noisyseg.models.heads import DINOHead

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.data.loading import IMAGE, IMAGE2
 from noisyseg.losses.infonce import InfoNCELoss
 from noisyseg.models.encoders import build_encoder, last_features
 from noisyseg.models.heads import ProjectionMLP

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.data.loading import IMAGE, IMAGE2
 from noisyseg.losses.ntxent import NTXentLoss
 from noisyseg.models.encoders import build_encoder
 from noisyseg.models.heads import ProjectionMLP

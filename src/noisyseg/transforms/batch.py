@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device) -> torch.Tensor:
