@@ -71,7 +71,7 @@ def pretrain_score(arm: str, spec, seed: int) -> float:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     if arm == "model":
-        from noisyseg.models.segmentation import build_segmentation_model
+        from noisyseg.models.networks import build_segmentation_model
         from noisyseg.runtime import use_matmul_convs
 
         model = build_segmentation_model("unet", "resnet18", 3, plain.K).to(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from noisyseg.cli import main
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
 from noisyseg.runfiles import read_encoder, save_encoder
 
 ROOT = Path(__file__).resolve().parents[1]

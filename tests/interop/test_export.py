@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from noisyseg.interop import META_KEY, export_encoder, main
-from noisyseg.models.encoders import build_encoder, pooled_features
+from noisyseg.models.networks import build_encoder, pooled_features
 from noisyseg.runfiles import EncoderFileError, save_encoder
 
 

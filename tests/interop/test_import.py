@@ -11,7 +11,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from noisyseg.interop import adapt_first_conv, encoder_file_from_state_dict, import_state_dict, main
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
 from noisyseg.runfiles import EncoderFileError, read_encoder
 
 

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from noisyseg.models.encoders import build_encoder
-from noisyseg.models.segmentation import DECODERS, build_segmentation_model
+from noisyseg.models.networks import DECODERS, build_encoder, build_segmentation_model
 from noisyseg.runfiles import EncoderFileError, load_encoder, read_encoder, save_encoder
 
 

@@ -21,7 +21,7 @@ from noisyseg.data import XBDSegmentation
 from noisyseg.data.raster import RasterSegmentation
 from noisyseg.data.loading import IGNORE_INDEX, MASK
 from noisyseg.losses.segmentation import CEDiceLoss
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
 from noisyseg.runfiles import EncoderFileError, save_encoder
 
 RNG = np.random.default_rng(0)

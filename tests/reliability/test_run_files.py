@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from conftest import tiny_config, vts, write_config
 from noisyseg import runfiles
 from noisyseg.data import DataModule, VTSSegmentation
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
 from noisyseg.runfiles import RunCheckpoint, SafeCheckpointIO, checkpoint_estimate, read_encoder, save_encoder
 from noisyseg.tasks import SegmentationTask
 

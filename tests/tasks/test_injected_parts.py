@@ -5,7 +5,7 @@ Each task takes its parts as constructor arguments that a YAML config replaces w
 part is built as before from the string and number options, so the first training step gives the
 same loss as before the parts became arguments (values recorded from that code, same seeds). The
 data-derived arguments (normalisation, MoCo's batch and training-set size) are linked from the data
-module by :func:`~noisyseg.tasks.links.link_data_arguments`, as ``noisyseg fit`` does.
+module by :func:`~noisyseg.tasks.base.link_data_arguments`, as ``noisyseg fit`` does.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torch import nn
 from noisyseg.data import DataModule, VTSPairs, VTSSegmentation
 from noisyseg.data.loading import IMAGE, IMAGE2, MASK, MASK2
 from noisyseg.losses.dense import downsample_labels
-from noisyseg.models.encoders import last_features
+from noisyseg.models.networks import last_features
 from noisyseg.tasks import DenseContrastTask, DINOTask, MoCoTask, SegmentationTask, SimCLRTask
 from noisyseg.tasks.base import BaseTask
-from noisyseg.tasks.links import link_data_arguments
+from noisyseg.tasks.base import link_data_arguments
 
 HERE = __name__  # class paths of the stubs below, as a config names them
 CLOSE = {"rtol": 1e-4, "atol": 1e-5}  # same network, another batch composition of the convolutions
