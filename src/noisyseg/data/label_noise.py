@@ -98,18 +98,11 @@ class LabelNoise:
 
     def ops(self) -> list[NoiseOp]:
         """The same noise as an operation list: drop, flip, boundary, coarsen, merge (those set)."""
-        out: list[NoiseOp] = []
-        if self.drop_rate:
-            out.append(Drop(self.drop_rate, self.background))
-        if self.flip_rate:
-            out.append(Flip(self.flip_rate))
-        if self.boundary_shift:
-            out.append(Boundary(self.boundary_shift, self.background))
-        if self.coarse_factor > 1:
-            out.append(Coarsen(self.coarse_factor))
-        if self.merge:
-            out.append(Merge(dict(self.merge)))
-        return out
+        out: list[NoiseOp] = [Drop(self.drop_rate, self.background)] if self.drop_rate else []
+        out += [Flip(self.flip_rate)] if self.flip_rate else []
+        out += [Boundary(self.boundary_shift, self.background)] if self.boundary_shift else []
+        out += [Coarsen(self.coarse_factor)] if self.coarse_factor > 1 else []
+        return out + ([Merge(dict(self.merge))] if self.merge else [])
 
 
 def objects(mask: np.ndarray, instances: np.ndarray | None = None) -> np.ndarray:
@@ -118,9 +111,7 @@ def objects(mask: np.ndarray, instances: np.ndarray | None = None) -> np.ndarray
         return instances.astype(np.int64) + 1
     out = np.zeros(mask.shape, dtype=np.int64)
     next_id = 1
-    for c in np.unique(mask):
-        if c == IGNORE_INDEX:
-            continue
+    for c in np.unique(mask[mask != IGNORE_INDEX]):
         lab, n = ndimage.label(mask == c)
         out[lab > 0] = lab[lab > 0] + next_id - 1
         next_id += n
