@@ -23,7 +23,7 @@ from that file; either way ``noisyseg fit --config <run>/config.yaml`` repeats t
 Defaults added to LightningCLI's: precision chosen for the machine
 (:func:`noisyseg.runtime.auto_precision`); ``--threads N`` (config: ``threads: N``; default
 :func:`noisyseg.runtime.default_threads`); the data's normalisation, batch and size linked to the
-task's arguments (:func:`noisyseg.tasks.links.link_data_arguments`); checkpoints in
+task's arguments (:func:`noisyseg.tasks.base.link_data_arguments`); checkpoints in
 ``<default_root_dir>/checkpoints`` with ``last.ckpt`` (:class:`~noisyseg.runfiles.RunCheckpoint`),
 written atomically and read weights-only (:class:`~noisyseg.runfiles.SafeCheckpointIO`). A
 ``--ckpt_path`` file's ``hyper_parameters`` are merged over the model config as Lightning does,
@@ -71,8 +71,7 @@ from noisyseg.runfiles import (
     write_results,
 )
 from noisyseg.runtime import auto_precision, set_threads
-from noisyseg.tasks.base import BaseTask
-from noisyseg.tasks.links import link_data_arguments
+from noisyseg.tasks.base import BaseTask, link_data_arguments
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 

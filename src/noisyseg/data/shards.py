@@ -66,8 +66,8 @@ from noisyseg.data.loading import (
     UnpaddedDistributedSampler,
     default_seed,
 )
-from noisyseg.distributed import is_dist
 from noisyseg.runfiles import write_json
+from noisyseg.runtime import is_dist
 
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # older litdata asks PyPI on every optimize()
 from litdata import StreamingDataLoader, StreamingDataset  # noqa: E402
