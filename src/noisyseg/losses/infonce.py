@@ -167,7 +167,7 @@ def detect_false_negatives(
 
 def fncc_info_nce(cos_pos: Tensor, cos_neg: Tensor, temperature: float, false_negatives: Tensor | None = None,
                   alpha: float = 1.0) -> Tensor:
-    """InfoNCE from cosines, with FALSE's FNCC on flagged negatives (module docstring); mean over anchors.
+    """Scalar InfoNCE from cosines, mean over anchors, with FALSE's FNCC on flagged negatives (module docstring).
 
     Args:
         cos_pos: ``[N]`` fp32 cosine of each anchor with its positive.
@@ -175,9 +175,6 @@ def fncc_info_nce(cos_pos: Tensor, cos_neg: Tensor, temperature: float, false_ne
         temperature: T.
         false_negatives: ``[N, K]`` bool FNSD mask, or ``None``.
         alpha: FNCC confidence weight in ``[0, 1]``.
-
-    Returns:
-        Scalar loss.
     """
     logits = torch.cat([cos_pos[:, None], cos_neg], dim=1) / temperature  # [N, 1+K]
     log_den = torch.logsumexp(logits, dim=1)  # [N], max-subtracted inside; unchanged by FNCC

@@ -138,8 +138,7 @@ class KeyQueue(nn.Module):
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"expected keys [N, {self.dim}], got {tuple(keys.shape)}")
         self.check_batch(keys.shape[0], world_size())
-        keys = gather_no_grad(keys)  # [W*N, D]
-        keys = F.normalize(keys.to(self.queue.dtype), dim=1)  # [W*N, D]
+        keys = F.normalize(gather_no_grad(keys).to(self.queue.dtype), dim=1)  # [W*N, D]
         rows = (self.ptr + torch.arange(keys.shape[0], device=self.ptr.device)) % self.size  # [W*N]
         self.queue.index_copy_(0, rows.to(self.queue.device), keys)  # replace the oldest keys
         self.ptr.fill_((int(self.ptr) + keys.shape[0]) % self.size)  # move pointer
@@ -154,11 +153,9 @@ class KeyQueue(nn.Module):
 
 
 def batch_shuffle(x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Permute the global batch before the key encoder, without gradient (MoCo ``_batch_shuffle_ddp``).
+    """Permute the global batch of ``x [N, ...]`` (this rank's) before the key encoder, without gradient.
 
-    Args:
-        x: ``[N, ...]`` this rank's batch.
-        generator: optional CPU generator for the permutation (rank 0's under DDP).
+    MoCo ``_batch_shuffle_ddp``; ``generator``: an optional CPU generator for the permutation (rank 0's under DDP).
 
     Returns:
         ``x_shuffled [N, ...]`` and ``idx_unshuffle [W*N]`` (``W`` processes) for :func:`batch_unshuffle`.
@@ -208,9 +205,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
 
 def split_batchnorm(module: nn.Module, groups: int) -> nn.Module:
-    """Make each ``BatchNorm2d`` in ``module`` a :class:`SplitBatchNorm2d` of ``groups`` in place; return ``module``.
-
-    Only the class changes: parameters (frozen ones stay frozen), buffers, names, device and dtype stay.
+    """Make each ``BatchNorm2d`` in ``module`` a :class:`SplitBatchNorm2d` of ``groups`` in place (only the class
+    changes: tensors, frozen flags, names, device and dtype stay); return ``module``.
 
     Raises:
         ValueError: ``groups < 1``.

@@ -41,8 +41,7 @@ class EncoderWithHead(nn.Module):
 
 def default_queue_size(dataset_len: int, global_batch: int, cap: int = 65536) -> int:
     """Queue scaled to the dataset: half of it, a multiple of the global batch, within [batch, cap]."""
-    k = min(cap, dataset_len // 2)
-    return max(global_batch, (k // global_batch) * global_batch)
+    return max(global_batch, min(cap, dataset_len // 2) // global_batch * global_batch)
 
 
 class MoCoTask(RepresentationHealth, BaseTask):
@@ -144,9 +143,8 @@ class MoCoTask(RepresentationHealth, BaseTask):
         world = int(self.trainer.world_size)  # the global batch: batch_size on each of world processes
         if self.queue is None:
             if self.train_size is None or self.batch_size is None:
-                raise ValueError(f"queue_size is null but train_size={self.train_size} and batch_size="
-                                 f"{self.batch_size} do not size it: set queue_size, or give both ('noisyseg fit' "
-                                 "links them from the data module)")
+                raise ValueError(f"queue_size is null but train_size={self.train_size} and batch_size={self.batch_size}"
+                                 " do not size it: set queue_size, or both ('noisyseg fit' links them from the data)")
             self.queue = KeyQueue(self.out_dim, default_queue_size(self.train_size, self.batch_size * world))
         if self.batch_size is not None:
             self.queue.check_batch(self.batch_size, world)

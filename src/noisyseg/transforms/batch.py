@@ -116,8 +116,7 @@ def band_mean_grey(x: torch.Tensor, p: float = 0.2, generator=None) -> torch.Ten
 
 def _blur_along(x: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
     """Convolve ``x`` with the 1-D kernel ``k`` along ``dim`` (-1 or -2), reflect padding: a sum of shifted slices."""
-    r = (k.numel() - 1) // 2
-    n = x.shape[dim]
+    r, n = (k.numel() - 1) // 2, x.shape[dim]
     pad = (r, r, 0, 0) if dim == -1 else (0, 0, r, r)
     xp = F.pad(x, pad, mode="reflect")  # B x C x H x (W+2r) or B x C x (H+2r) x W
     y = xp.narrow(dim, 0, n) * k[0]
