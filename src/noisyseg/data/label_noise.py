@@ -32,7 +32,7 @@ labels carry: flips of small objects change few pixels, coarsening erases thin o
 :func:`noise_rate` measures the realised pixel noise rate of one mask; :class:`AgreementCounter`,
 :func:`label_agreement` and :func:`dataset_agreement` measure the result as a confusion matrix of
 noisy labels against clean ones (rows clean, columns noisy) and the scores read from it
-(:func:`agreement_from_confusion`):
+(:meth:`AgreementCounter.result`):
 
 * ``agreement`` — fraction of counted pixels whose noisy label equals the clean one;
 * ``precision[k]`` — of the pixels the noisy mask calls ``k``, the fraction that are ``k``;
@@ -553,8 +553,8 @@ class AgreementCounter:
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes={num_classes} must be >= 1")
         self.num_classes = num_classes
-        self.confusion = np.zeros((num_classes or 0,) * 2, np.int64)  # [K, K] rows clean, columns noisy
-        self.noisy_ignored_by_class = np.zeros(num_classes or 0, np.int64)  # [K] per clean class
+        # [K, 1 + K], rows clean: column 0 the pixels the noisy mask ignores, column 1 + j noisy label j
+        self.counts = np.zeros((num_classes or 0, (num_classes or 0) + 1), np.int64)
         self.clean_ignored = 0  # pixels the clean mask ignores (whatever the noisy one says)
         self.samples = 0
 
@@ -564,49 +564,37 @@ class AgreementCounter:
         if noisy.shape != clean.shape:
             raise ValueError(f"noisy mask {noisy.shape} and clean mask {clean.shape} differ in shape")
         clean_valid = clean != IGNORE_INDEX  # [H, W]
-        valid = clean_valid & (noisy != IGNORE_INDEX)
-        n, c = noisy[valid], clean[valid]  # [P]
-        dropped = clean[clean_valid & (noisy == IGNORE_INDEX)]  # [D] clean labels the noisy mask ignores
-        top = int(max(n.max(initial=-1), c.max(initial=-1), dropped.max(initial=-1)))
-        low = int(min(n.min(initial=0), c.min(initial=0), dropped.min(initial=0)))
-        k = len(self.confusion)
+        c, n = clean[clean_valid], noisy[clean_valid]  # [P], n holds IGNORE_INDEX where the noisy mask ignores
+        labels = np.concatenate([c, n[n != IGNORE_INDEX]])
+        top, low, k = int(labels.max(initial=-1)), int(labels.min(initial=0)), len(self.counts)
         if low < 0 or (self.num_classes is not None and top >= k):
             raise ValueError(f"label {low if low < 0 else top} is outside 0..{k - 1} (num_classes={k}; "
                              f"ignore is {IGNORE_INDEX})")
         if top >= k:  # a growing matrix: zero rows and columns for the new labels
-            self.confusion = np.pad(self.confusion, (0, top + 1 - k))
-            self.noisy_ignored_by_class = np.pad(self.noisy_ignored_by_class, (0, top + 1 - k))
-            k = top + 1
-        self.confusion += np.bincount(c * k + n, minlength=k * k).reshape(k, k)
-        self.noisy_ignored_by_class += np.bincount(dropped, minlength=k)
+            self.counts, k = np.pad(self.counts, (0, top + 1 - k)), top + 1
+        column = np.where(n == IGNORE_INDEX, 0, n + 1)  # [P]
+        self.counts += np.bincount(c * (k + 1) + column, minlength=k * (k + 1)).reshape(k, k + 1)
         self.clean_ignored += int((~clean_valid).sum())
         self.samples += 1
 
     def result(self) -> dict[str, Any]:
-        """:func:`agreement_from_confusion` plus ``samples``, ``noisy_ignored``, ``noisy_ignored_by_class``, ``clean_ignored``."""
-        return {**agreement_from_confusion(self.confusion), "samples": self.samples,
-                "noisy_ignored": int(self.noisy_ignored_by_class.sum()),
-                "noisy_ignored_by_class": self.noisy_ignored_by_class.tolist(), "clean_ignored": self.clean_ignored}
+        """The scores as plain Python values.
 
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> list[float]:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return [float(x) for x in np.where(den > 0, num / np.maximum(den, 1), np.nan)]
-
-
-def agreement_from_confusion(confusion: np.ndarray) -> dict[str, Any]:
-    """Scores of a ``[K, K]`` confusion matrix (rows clean, columns noisy) as plain Python values.
-
-    Returns:
-        ``pixels`` (counted), ``agreement``, per-class lists ``precision``, ``recall``, ``iou``
-        (length K) and ``confusion`` as nested lists.
-    """
-    conf = np.asarray(confusion, dtype=np.int64)
-    diag = np.diag(conf).astype(np.float64)  # [K]
-    clean_total, noisy_total, pixels = conf.sum(1), conf.sum(0), int(conf.sum())  # [K], [K], counted pixels
-    return {"pixels": pixels, "agreement": float(diag.sum() / pixels) if pixels else float("nan"),
-            "precision": _ratio(diag, noisy_total), "recall": _ratio(diag, clean_total),
-            "iou": _ratio(diag, clean_total + noisy_total - diag), "confusion": conf.tolist()}
+        Returns:
+            ``pixels`` (counted), ``agreement``, per-class lists ``precision``, ``recall``, ``iou``
+            (length K), ``confusion`` ``[K, K]`` as nested lists, ``samples``, ``noisy_ignored``,
+            ``noisy_ignored_by_class`` (length K) and ``clean_ignored``.
+        """
+        conf, dropped = self.counts[:, 1:], self.counts[:, 0]  # [K, K] rows clean, columns noisy; [K]
+        diag = np.diag(conf).astype(np.float64)  # [K]
+        clean_total, noisy_total, pixels = conf.sum(1), conf.sum(0), int(conf.sum())  # [K], [K], counted pixels
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator gives NaN
+            precision, recall, iou = (np.where(den > 0, diag / np.maximum(den, 1), np.nan).tolist()
+                                      for den in (noisy_total, clean_total, clean_total + noisy_total - diag))
+        return {"pixels": pixels, "agreement": float(diag.sum() / pixels) if pixels else float("nan"),
+                "precision": precision, "recall": recall, "iou": iou, "confusion": conf.tolist(),
+                "samples": self.samples, "noisy_ignored": int(dropped.sum()),
+                "noisy_ignored_by_class": dropped.tolist(), "clean_ignored": self.clean_ignored}
 
 
 def label_agreement(noisy: Any, clean: Any, num_classes: int) -> dict[str, Any]:
