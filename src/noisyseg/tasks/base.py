@@ -194,16 +194,9 @@ class BaseTask(L.LightningModule):
     encoder: nn.Module  # set by subclasses
 
     def __init__(
-        self,
-        arch: str = "resnet18",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        optimizer: str = "adamw",
-        warmup_fraction: float = 0.05,
-        channels_last: bool = True,
-        encoder_out: str | None = None,
-        method: str = "unknown",
-        lr_schedule: str = "warmup_cosine",
+        self, arch: str = "resnet18", lr: float = 1e-3, weight_decay: float = 1e-4, optimizer: str = "adamw",
+        warmup_fraction: float = 0.05, channels_last: bool = True, encoder_out: str | None = None,
+        method: str = "unknown", lr_schedule: str = "warmup_cosine",
         input_normalization: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()

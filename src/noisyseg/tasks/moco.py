@@ -86,41 +86,20 @@ class MoCoTask(RepresentationHealth, BaseTask):
     """
 
     def __init__(
-        self,
-        arch: str = "resnet18",
-        in_channels: int = 3,
-        queue_size: int | None = None,
-        temperature: float = 0.2,
-        momentum: float = 0.999,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        key_bn_chunks: int = 4,
-        false_negative: str = "none",
-        alpha: float = 1.0,
-        fn_threshold: float = 0.9,
-        positive_min: float = 0.9,
+        self, arch: str = "resnet18", in_channels: int = 3, queue_size: int | None = None, temperature: float = 0.2,
+        momentum: float = 0.999, hidden_dim: int = 2048, out_dim: int = 128, key_bn_chunks: int = 4,
+        false_negative: str = "none", alpha: float = 1.0, fn_threshold: float = 0.9, positive_min: float = 0.9,
         crop_scale: tuple[float, float] = (0.2, 1.0),
-        lr: float = 0.03,
-        weight_decay: float = 1e-4,
-        optimizer: str = "sgd",
-        warmup_fraction: float = 0.0,
-        channels_last: bool = True,
-        encoder_out: str | None = None,
-        method: str | None = None,
+        lr: float = 0.03, weight_decay: float = 1e-4, optimizer: str = "sgd", warmup_fraction: float = 0.0,
+        channels_last: bool = True, encoder_out: str | None = None, method: str | None = None,
         lr_schedule: str = "warmup_cosine",
-        encoder: nn.Module | None = None,
-        projection_head: nn.Module | None = None,
-        loss: nn.Module | None = None,
-        augmentation: nn.Module | None = None,
-        batch_size: int | None = None,
-        train_size: int | None = None,
+        encoder: nn.Module | None = None, projection_head: nn.Module | None = None, loss: nn.Module | None = None,
+        augmentation: nn.Module | None = None, batch_size: int | None = None, train_size: int | None = None,
         input_normalization: dict[str, list[float]] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         method = method or ("moco" if false_negative == "none" else f"false-{false_negative}")
-        super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule,
-            input_normalization,
-        )
+        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method,
+                         lr_schedule, input_normalization)
         self.save_hyperparameters(ignore=["encoder", "projection_head", "loss", "augmentation", *DATA_LINKS])
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} is outside [0, 1]")
