@@ -126,11 +126,7 @@ def flip_objects(mask: np.ndarray, rate: float, num_classes: int, rng: np.random
     out = mask.copy()
     obj = objects(mask, instances)
     ids = np.unique(obj[(obj > 0) & (mask != IGNORE_INDEX)])
-    n_flip = int(round(rate * len(ids)))
-    if n_flip == 0:
-        return out
-    chosen = rng.choice(ids, size=n_flip, replace=False)
-    for oid in chosen:
+    for oid in rng.choice(ids, size=int(round(rate * len(ids))), replace=False):  # none: rng untouched
         sel = (obj == oid) & (mask != IGNORE_INDEX)
         cur = int(np.bincount(mask[sel]).argmax())
         out[sel] = (cur + rng.integers(1, num_classes)) % num_classes  # a different class: shift by 1..K-1 mod K

@@ -169,11 +169,8 @@ def collate(samples: list[Sample]) -> Sample:
     """
     out: Sample = {}
     for key in samples[0]:
-        if key == META:
-            out[META] = [s.get(META, {}) for s in samples]
-            continue
         try:
-            out[key] = torch.stack([s[key] for s in samples])
+            out[key] = [s.get(META, {}) for s in samples] if key == META else torch.stack([s[key] for s in samples])
         except RuntimeError as err:  # sizes differ (whole tiles of 406x438 and 406x439 px)?
             raise _size_mismatch(samples, key) or err
     return out
