@@ -574,19 +574,15 @@ class AgreementCounter:
         self.samples += 1
 
     def result(self) -> dict[str, Any]:
-        """The scores as plain Python values.
-
-        Returns:
-            ``pixels`` (counted), ``agreement``, per-class lists ``precision``, ``recall``, ``iou``
-            (length K), ``confusion`` ``[K, K]`` as nested lists, ``samples``, ``noisy_ignored``,
-            ``noisy_ignored_by_class`` (length K) and ``clean_ignored``.
-        """
+        """The scores of the module docstring as plain Python values: ``pixels`` (counted), ``agreement``,
+        ``[K]`` lists ``precision``, ``recall``, ``iou`` and ``noisy_ignored_by_class``, ``confusion`` ``[K, K]``
+        as nested lists, ``samples``, ``noisy_ignored`` and ``clean_ignored``."""
         conf, dropped = self.counts[:, 1:], self.counts[:, 0]  # [K, K] rows clean, columns noisy; [K]
-        diag = np.diag(conf).astype(np.float64)  # [K]
-        clean_total, noisy_total, pixels = conf.sum(1), conf.sum(0), int(conf.sum())  # [K], [K], counted pixels
+        diag, clean_total, noisy_total = np.diag(conf).astype(np.float64), conf.sum(1), conf.sum(0)  # [K] each
+        den = np.stack([noisy_total, clean_total, clean_total + noisy_total - diag])  # [3, K]: precision, recall, IoU
         with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator gives NaN
-            precision, recall, iou = (np.where(den > 0, diag / np.maximum(den, 1), np.nan).tolist()
-                                      for den in (noisy_total, clean_total, clean_total + noisy_total - diag))
+            precision, recall, iou = np.where(den > 0, diag / np.maximum(den, 1), np.nan).tolist()
+        pixels = int(conf.sum())
         return {"pixels": pixels, "agreement": float(diag.sum() / pixels) if pixels else float("nan"),
                 "precision": precision, "recall": recall, "iou": iou, "confusion": conf.tolist(),
                 "samples": self.samples, "noisy_ignored": int(dropped.sum()),
