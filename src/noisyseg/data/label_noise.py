@@ -627,14 +627,12 @@ def format_agreement(d: dict[str, Any], class_names: Sequence[str] | None = None
     def pct(x: float) -> str:
         return "    -" if x != x else f"{100 * x:5.1f}"  # NaN: no pixel of the class
 
-    k = len(d["iou"])
-    names = [str(class_names[i]) if class_names and i < len(class_names) else f"class {i}" for i in range(k)]
+    names = [str(class_names[i]) if class_names and i < len(class_names) else f"class {i}" for i in range(len(d["iou"]))]
     width = max([len(n) for n in names] + [5])
     where = f" in {d['samples']} sample{'s' * (d['samples'] != 1)}" if "samples" in d else ""
-    lines = [f"noisy vs clean labels: {pct(d['agreement']).strip()} % of {d['pixels']:,} pixels agree{where}"]
-    if d.get("noisy_ignored"):
-        lines[0] += f"; {d['noisy_ignored']:,} clean pixels ignored in the noisy mask"
-    lines.append(f"  {'class':<{width}}  precision  recall    IoU   (%)")
+    ignored = f"; {d['noisy_ignored']:,} clean pixels ignored in the noisy mask" if d.get("noisy_ignored") else ""
+    lines = [f"noisy vs clean labels: {pct(d['agreement']).strip()} % of {d['pixels']:,} pixels agree{where}{ignored}",
+             f"  {'class':<{width}}  precision  recall    IoU   (%)"]
     for i, name in enumerate(names):
         lines.append(f"  {name:<{width}}  {pct(d['precision'][i]):>9}  {pct(d['recall'][i]):>6}  {pct(d['iou'][i]):>5}")
     return "\n".join(lines)
