@@ -194,8 +194,7 @@ def fp32_forward(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Te
     @functools.wraps(forward)
     def run(self: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         args, kwargs = tuple(_fp32(a) for a in args), {k: _fp32(v) for k, v in kwargs.items()}
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        device = tensors[0].device.type if tensors else "cpu"
+        device = next((a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), "cpu")
         with torch.autocast(device_type=device, enabled=False):
             return forward(self, *args, **kwargs)
 
@@ -380,14 +379,11 @@ class Acceleration(L.Callback):
         bf16 = str(trainer.precision).startswith("bf16")
         return self.mode == "auto" and trainer.strategy.root_device.type == "cpu" and bf16
 
-    def _convert(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _convert(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str | None = None) -> None:
         if self.matmul_convs_apply(trainer):
             use_matmul_convs(pl_module)
 
-    on_validation_start = on_test_start = on_predict_start = _convert  # each loop's start
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._convert(trainer, pl_module)
+    setup = on_validation_start = on_test_start = on_predict_start = _convert  # setup and each loop's start
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._convert(trainer, pl_module)

@@ -60,9 +60,7 @@ def crop_params(n: int, height: int, width: int, scale: tuple[float, float] = (0
     return theta
 
 
-def warp(
-    x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
-) -> torch.Tensor:
+def warp(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Apply per-sample affine ``theta [B,2,3]`` to ``x [B,C,H,W]``, output ``[B,C,*size]``."""
     grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *size], align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
