@@ -221,6 +221,10 @@ class InfoNCELoss(nn.Module):
     Negatives: the rows of ``queue``, or without one the other keys of the global batch (module
     docstring).
 
+    ``forward``: queries ``q [N, D]`` (any scale; L2-normalised inside), their positive keys
+    ``k [N, D]`` (row i for query i; L2-normalised inside) and negatives ``queue [K, D]`` (``None``:
+    the other keys of the global batch) -> the mean fp32 loss over the local queries.
+
     Args:
         temperature: softmax temperature T (MoCo v2: 0.2; FALSE config: 0.5).
         false_negative: one of :data:`FALSE_NEGATIVE_MODES` (see :func:`detect_false_negatives`).
@@ -244,12 +248,7 @@ class InfoNCELoss(nn.Module):
 
     @fp32_forward
     def forward(self, q: Tensor, k: Tensor, queue: Tensor | None = None) -> Tensor:
-        """Mean fp32 loss over the local queries.
-
-        Args:
-            q: ``[N, D]`` queries (any scale; L2-normalised here).
-            k: ``[N, D]`` positive keys, row i for query i (L2-normalised here).
-            queue: ``[K, D]`` negatives, or ``None`` to use the other keys of the global batch.
+        """Mean fp32 loss over the local queries ``q [N, D]`` (arguments: class docstring).
 
         Raises:
             ValueError: mismatched shapes, or no queue and a global batch of one key.
