@@ -130,8 +130,7 @@ def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float] = (0.1, 2.0), p: f
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t / s) ** 2)
     k = k / k.sum()
-    apply = torch.rand(x.shape[0], generator=generator, device=x.device) < p  # B
-    sel = apply.nonzero().flatten()
+    sel = (torch.rand(x.shape[0], generator=generator, device=x.device) < p).nonzero().flatten()  # blurred samples
     if sel.numel() == 0:
         return x
     # speed: blur only the selected samples (p=0.5 halves the work), then put them back
