@@ -44,7 +44,7 @@ def pretrain_score(arm: str, spec, seed: int) -> float:
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     down = dict(plan.downstream)["finetune"]
     if arm == "toolkit_random":
-        from noisyseg.lightning_cli import run_config
+        from noisyseg.cli import run_config
 
         cfg = dict(down)
         cfg["trainer"] = {**cfg["trainer"], "default_root_dir": f"runs/ab/buildings/toolkit_random-{seed}",
@@ -59,7 +59,7 @@ def pretrain_score(arm: str, spec, seed: int) -> float:
         plain.train(model, xf, yf, plain.FINETUNE_STEPS, torch.Generator().manual_seed(seed))
         return plain.scores(model, xt, yt)["miou"]
     if arm == "toolkit":
-        from noisyseg.lightning_cli import run_config
+        from noisyseg.cli import run_config
 
         cfg = dict(plan.pretrain)
         cfg["trainer"] = {**cfg["trainer"], "default_root_dir": f"runs/ab/buildings/toolkit-{seed}",
@@ -71,7 +71,7 @@ def pretrain_score(arm: str, spec, seed: int) -> float:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     if arm == "model":
-        from noisyseg.models.segmentation import build_segmentation_model
+        from noisyseg.models.networks import build_segmentation_model
         from noisyseg.runtime import use_matmul_convs
 
         model = build_segmentation_model("unet", "resnet18", 3, plain.K).to(memory_format=torch.channels_last)

@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import buildings_plain_loop as plain  # noqa: E402
 
-from noisyseg.checkpoints import read_encoder  # noqa: E402
 from noisyseg.experiments.spec import load_spec, plan_runs  # noqa: E402
 from noisyseg.report.tables import paired  # noqa: E402
+from noisyseg.runfiles import read_encoder  # noqa: E402
 
 ARMS = ("random", "baseline", "encoder_lr", "lp_ft", "frozen")
 STUDY = "runs/studies/buildings_noisy_labels-quick"

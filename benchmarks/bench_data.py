@@ -54,7 +54,7 @@ def pipeline_rate(kind: str, batches: int, offset: int) -> float:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from noisyseg.data.sample import collate
+    from noisyseg.data.loading import collate
     from noisyseg.transforms.batch import ContrastiveView, SegmentationAugment
 
     batch = 32 if kind == "pairs" else 16

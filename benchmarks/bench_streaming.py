@@ -119,7 +119,7 @@ def geotiff_loader(root: Path, batch: int, workers: int):
     from torch.utils.data import DataLoader
 
     from noisyseg.data import RasterSegmentation
-    from noisyseg.data.sample import collate
+    from noisyseg.data.loading import collate
 
     ds = RasterSegmentation("img/*.tif", "msk/*.tif", root=str(root), normalize=False)
     order = torch.Generator().manual_seed(0)  # every repeat reads the same samples (see ``run``)
@@ -142,7 +142,7 @@ def torchgeo_loader(root: Path, batch: int, workers: int):
 
 def shards_loader(shards: Path, batch: int, workers: int):
     from noisyseg.data import StreamingShards
-    from noisyseg.data.sample import collate
+    from noisyseg.data.loading import collate
 
     return StreamingShards(str(shards), seed=0).dataloader(batch_size=batch, num_workers=workers, collate_fn=collate)
 

@@ -119,7 +119,7 @@ def loader(ds: Dataset, batch_size: int):
     """The one loader both sides use: shuffled, full batches, main process (no worker noise)."""
     from torch.utils.data import DataLoader
 
-    from noisyseg.data.sample import collate
+    from noisyseg.data.loading import collate
 
     return DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0, collate_fn=collate)
 

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import buildings_plain_loop as plain  # noqa: E402
 
+from noisyseg.cli import run_config  # noqa: E402
 from noisyseg.experiments.spec import load_spec, plan_runs  # noqa: E402
-from noisyseg.lightning_cli import run_config  # noqa: E402
 
 STEPS = 2
 

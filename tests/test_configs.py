@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from noisyseg.checkpoints import read_encoder, save_encoder
 from noisyseg.cli import main
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
+from noisyseg.runfiles import read_encoder, save_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -22,7 +22,7 @@ def test_demo_quick(tmp_path):
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # the encoder files passed from pretraining to fine-tuning are real encoder files
-    from noisyseg.checkpoints import read_encoder
+    from noisyseg.runfiles import read_encoder
 
     _, meta = read_encoder(out / "pretrain-moco-noisy" / "encoder.safetensors")
     assert meta["trained"]["method"] == "moco" and meta["trained"]["steps"] == 2  # 16 images, batch 8

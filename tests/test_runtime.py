@@ -22,13 +22,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import noisyseg.runtime as runtime
-from noisyseg.checkpoints import read_encoder
 from noisyseg.data import DataModule
 from noisyseg.losses import CEDiceLoss, InfoNCELoss
-from noisyseg.models.encoders import build_encoder
-from noisyseg.models.fast_conv import SmallMapConv2d, _MatmulConv
-from noisyseg.models.segmentation import DECODERS, build_segmentation_model
-from noisyseg.runtime import MALLOC_ENV, Acceleration, fp32_forward, use_matmul_convs
+from noisyseg.models.networks import DECODERS, build_encoder, build_segmentation_model
+from noisyseg.runfiles import read_encoder
+from noisyseg.runtime import MALLOC_ENV, Acceleration, SmallMapConv2d, _MatmulConv, fp32_forward, use_matmul_convs
 from noisyseg.tasks import DenseContrastTask, DINOTask, MoCoTask, SegmentationTask
 from noisyseg.tasks.base import BaseTask
 

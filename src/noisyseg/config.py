@@ -1,6 +1,6 @@
 """Configs as plain data: YAML files of ``class_path`` / ``init_args`` nodes, dotted keys.
 
-Runs are parsed and built by LightningCLI only (:mod:`noisyseg.lightning_cli`: ``noisyseg fit``
+Runs are parsed and built by LightningCLI only (:mod:`noisyseg.cli`: ``noisyseg fit``
 and its in-process form ``run_config``). This module reads and edits configs as dicts (sweeps, the
 demo), checks their class paths before anything runs (:func:`check_classes`), and builds a single
 dataset or data module for the data commands (``noisyseg data preview`` / ``pack``: :func:`instantiate`).

@@ -1,7 +1,7 @@
 """``noisyseg demo``: noisy supervision pretrains a better encoder, end to end, on this CPU.
 
 Every training is an ordinary config under ``configs/demo/``, run with the demo's folders and seed
-through :func:`noisyseg.lightning_cli.run_config`, the entry point of ``noisyseg fit``; each run
+through :func:`noisyseg.cli.run_config`, the entry point of ``noisyseg fit``; each run
 folder keeps the ``config.yaml`` it ran (``noisyseg fit --config <out>/<run>/config.yaml``
 repeats it) and the ``results.json`` its scores are read from. Stages:
 
@@ -27,8 +27,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from noisyseg.cli import run_config
 from noisyseg.config import get_by_path, load_config, set_by_path
-from noisyseg.lightning_cli import run_config
 from noisyseg.runfiles import atomic_write
 from noisyseg.runtime import set_threads
 

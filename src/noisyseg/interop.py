@@ -19,7 +19,7 @@ timm's ``ResNet`` names its layers the same way (checked for resnet18/34/50/101 
 state dict (``.safetensors``, or ``.pt/.pth/.ckpt/.bin`` through ``torch.load(weights_only=True)``
 only, so a crafted pickle cannot run code), unwraps Lightning-style nesting, strips one known
 prefix, drops the classifier ``fc.*``, and adapts the first convolution to the wanted band count
-(:func:`adapt_first_conv`). The result loads strictly into :func:`~noisyseg.models.encoders.build_encoder`.
+(:func:`adapt_first_conv`). The result loads strictly into :func:`~noisyseg.models.networks.build_encoder`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv
 
-from noisyseg.checkpoints import (
+from noisyseg.models.networks import ENCODERS, build_encoder, check_encoder
+from noisyseg.runfiles import (
     EncoderFileError,
     atomic_write,
     read_encoder,
@@ -44,7 +45,6 @@ from noisyseg.checkpoints import (
     save_encoder,
     split_state,
 )
-from noisyseg.models.encoders import ENCODERS, build_encoder, check_arch
 
 TARGETS = ("smp", "timm", "torchvision")
 """Export targets."""
@@ -204,7 +204,7 @@ def _read_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 def _without_decoder(state: dict[str, torch.Tensor], header: dict[str, str]) -> dict[str, torch.Tensor]:
-    """A noisyseg encoder file may also hold its decoder (:func:`~noisyseg.checkpoints.split_state`): drop it."""
+    """A noisyseg encoder file may also hold its decoder (:func:`~noisyseg.runfiles.split_state`): drop it."""
     try:
         meta = json.loads(header.get("noisyseg", "{}"))
         return split_state(state, meta)[0] if isinstance(meta, dict) else state
@@ -291,7 +291,7 @@ def import_state_dict(
 
     Args:
         path: ``.safetensors``, ``.pt``, ``.pth``, ``.ckpt`` or ``.bin`` file.
-        arch: target architecture (one of :data:`~noisyseg.models.encoders.ENCODERS`).
+        arch: target architecture (one of :data:`~noisyseg.models.networks.ENCODERS`).
         in_channels: wanted input bands; ``None`` keeps the file's.
         fmt: ``auto``, ``timm``, ``torchvision``, ``torchgeo`` or ``smp`` (which prefixes are tried).
 
@@ -306,7 +306,7 @@ def import_state_dict(
             ValueError) for a missing/unreadable/refused file or weights of another architecture
             (naming both the file's and the wanted one).
     """
-    check_arch(arch)
+    check_encoder(arch)
     if fmt not in FORMATS:
         raise ValueError(f"unknown state dict format {fmt!r}; valid: {list(FORMATS)}")
     if in_channels is not None and in_channels < 1:

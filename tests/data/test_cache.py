@@ -5,10 +5,8 @@ import torch
 from torch.utils.data import Dataset
 
 from noisyseg.data.cache import InMemory
-from noisyseg.data.datamodule import DataModule
+from noisyseg.data.loading import DataModule, EpochIndex, make_sample
 from noisyseg.data.product_noise import NoisyLabels
-from noisyseg.data.sample import make_sample
-from noisyseg.data.samplers import EpochIndex
 from noisyseg.data.vts import VTSPairs
 
 

@@ -12,9 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from noisyseg.data.datamodule import DataModule
-from noisyseg.data.sample import collate
-from noisyseg.data.samplers import EpochIndex, EpochSampler, epoch_of
+from noisyseg.data.loading import DataModule, EpochIndex, EpochSampler, collate, epoch_of
 from noisyseg.data.vts import VTSPairs
 
 

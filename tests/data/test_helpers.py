@@ -11,7 +11,7 @@ import torch
 
 from noisyseg.data.grid import patch_grid
 from noisyseg.data.pairing import undersample
-from noisyseg.data.sample import IGNORE_INDEX, MASK, normalize, pad_to
+from noisyseg.data.loading import IGNORE_INDEX, MASK, normalize, pad_to
 from noisyseg.data.stats import class_counts, class_weights, inverse_frequency
 from noisyseg.losses.segmentation import inverse_frequency_weights
 from noisyseg.runfiles import write_json

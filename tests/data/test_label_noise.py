@@ -16,7 +16,7 @@ from noisyseg.data.label_noise import (
     shift_boundaries,
 )
 from noisyseg.data.product_noise import NoisyLabels
-from noisyseg.data.sample import IGNORE_INDEX, make_sample
+from noisyseg.data.loading import IGNORE_INDEX, make_sample
 
 
 def blocks(n=8, size=8, classes=3, seed=0):

@@ -19,14 +19,14 @@ from noisyseg.data.label_noise import (
     LabelNoise,
     Merge,
     apply_noise,
-    apply_noise_ops,
     coarsen,
+    dataset_agreement,
     jitter_objects,
+    label_agreement,
     parse_noise,
 )
-from noisyseg.data.noise_report import dataset_agreement, label_agreement
 from noisyseg.data.product_noise import NoisyLabels
-from noisyseg.data.sample import IGNORE_INDEX, make_sample
+from noisyseg.data.loading import IGNORE_INDEX, make_sample
 
 SPACENET = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "spacenet-rio"
 STRUCT = ndimage.generate_binary_structure(2, 1)
@@ -67,7 +67,7 @@ def components(mask, background=0):
 # ------------------------------------------------------------------------------------ single ops
 def test_drop_removes_round_rate_objects_whole():
     mask = squares()
-    out = apply_noise_ops(mask, [Drop(0.5)], 3, np.random.default_rng(0))
+    out = apply_noise(mask, [Drop(0.5)], 3, np.random.default_rng(0))
     kept = components(out)
     assert len(kept) == 2  # round(0.5 * 4) dropped
     changed = out != mask
@@ -77,9 +77,9 @@ def test_drop_removes_round_rate_objects_whole():
 def test_boundary_op_erodes_and_dilates_by_hand_counts():
     mask = np.zeros((20, 20), np.int64)
     mask[5:15, 5:15] = 1  # 10 x 10
-    assert (apply_noise_ops(mask, [Boundary(-1)], 2, None) == 1).sum() == 8 * 8
+    assert (apply_noise(mask, [Boundary(-1)], 2, None) == 1).sum() == 8 * 8
     # 4-connected dilation by 2: 10 * 10 + 4 sides * 2 * 10 + 4 corner pixels at (1, 1) = 184
-    assert (apply_noise_ops(mask, [Boundary(2)], 2, None) == 1).sum() == 184
+    assert (apply_noise(mask, [Boundary(2)], 2, None) == 1).sum() == 184
 
 
 def test_coarsen_then_flip_blocks_flips_exactly_round_rate_whole_blocks():
@@ -87,7 +87,7 @@ def test_coarsen_then_flip_blocks_flips_exactly_round_rate_whole_blocks():
     mask = rng0.integers(0, 3, (8, 16))  # 2 x 4 blocks of 4 px with minority pixels
     coarse = coarsen(mask, 4)
     for seed in range(10):
-        out = apply_noise_ops(mask, [{"op": "coarsen", "factor": 4}, {"op": "flip", "rate": 0.25, "unit": "blocks",
+        out = apply_noise(mask, [{"op": "coarsen", "factor": 4}, {"op": "flip", "rate": 0.25, "unit": "blocks",
                                                                        "block": 4}], 3, np.random.default_rng(seed))
         blocks = out.reshape(2, 4, 4, 4).transpose(0, 2, 1, 3).reshape(8, 16)  # [block, pixel]
         assert (blocks == blocks[:, :1]).all()  # every block one class
@@ -98,14 +98,14 @@ def test_coarsen_then_flip_blocks_flips_exactly_round_rate_whole_blocks():
 def test_order_matters_coarsen_flip_blocks_vs_flip_objects_coarsen():
     mask = np.zeros((8, 16), np.int64)
     mask[:4, :4] = 1  # 2 objects, 8 blocks of 4 x 4
-    blocks_after = apply_noise_ops(mask, [Coarsen(4), Flip(0.2, "blocks", 4)], 2, np.random.default_rng(0))
-    objects_first = apply_noise_ops(mask, [Flip(0.2), Coarsen(4)], 2, np.random.default_rng(0))
+    blocks_after = apply_noise(mask, [Coarsen(4), Flip(0.2, "blocks", 4)], 2, np.random.default_rng(0))
+    objects_first = apply_noise(mask, [Flip(0.2), Coarsen(4)], 2, np.random.default_rng(0))
     assert (blocks_after != mask).sum() == 2 * 16  # round(0.2 * 8) = 2 blocks of 16 px
     assert (objects_first != mask).sum() == 0  # round(0.2 * 2) = 0 objects
     # with the same grid, block flips and block majority commute (both take the block's majority)
     noisy = np.random.default_rng(1).integers(0, 3, (8, 16))
-    a = apply_noise_ops(noisy, [Coarsen(4), Flip(0.5, "blocks", 4)], 3, np.random.default_rng(2))
-    b = apply_noise_ops(noisy, [Flip(0.5, "blocks", 4), Coarsen(4)], 3, np.random.default_rng(2))
+    a = apply_noise(noisy, [Coarsen(4), Flip(0.5, "blocks", 4)], 3, np.random.default_rng(2))
+    b = apply_noise(noisy, [Flip(0.5, "blocks", 4), Coarsen(4)], 3, np.random.default_rng(2))
     np.testing.assert_array_equal(a, b)
 
 
@@ -141,7 +141,7 @@ def test_jitter_translates_within_shift_and_keeps_classes():
     before = {area: (c, rows.start, cols.start) for c, rows, cols, area in components(mask)}
     offsets = set()
     for seed in range(6):
-        after = components(apply_noise_ops(mask, [JitterObjects(grow=0, shift=3)], 3, np.random.default_rng(seed)))
+        after = components(apply_noise(mask, [JitterObjects(grow=0, shift=3)], 3, np.random.default_rng(seed)))
         assert sorted(a for *_, a in after) == [25, 36, 49, 64]  # same squares, none lost
         for c, rows, cols, area in after:
             c0, r0, k0 = before[area]
@@ -156,7 +156,7 @@ def test_jitter_grows_or_shrinks_each_object_by_hand_areas():
     side_class = {5: 1, 6: 2, 7: 1, 8: 2}
     kinds = set()
     for seed in range(4):
-        after = components(apply_noise_ops(mask, [JitterObjects(grow=2, shift=0)], 3, np.random.default_rng(seed)))
+        after = components(apply_noise(mask, [JitterObjects(grow=2, shift=0)], 3, np.random.default_rng(seed)))
         assert len(after) == 4
         for c, rows, cols, area in after:
             box = rows.stop - rows.start
@@ -174,7 +174,7 @@ def test_drop_then_jitter_keeps_count_minus_drops_and_ignore():
     mask = squares()
     mask[:3] = IGNORE_INDEX
     for seed in range(4):
-        out = apply_noise_ops(mask, parse_noise([{"op": "drop", "rate": 0.5}, {"op": "jitter_objects", "grow": 2,
+        out = apply_noise(mask, parse_noise([{"op": "drop", "rate": 0.5}, {"op": "jitter_objects", "grow": 2,
                                                                                 "shift": 3}]),
                               3, np.random.default_rng(seed))
         assert len(components(out)) == 2
@@ -199,13 +199,13 @@ def test_ops_keep_ignore_pixels_and_invent_none():
     mask = np.repeat(np.repeat(rng.integers(0, 3, (6, 6)), 6, 0), 6, 1)
     mask[:5, :7] = IGNORE_INDEX  # partly covers the first 4 x 4 coarse block
     ops = [Drop(0.3), JitterObjects(1, 2), Flip(0.3, "blocks", 4), Coarsen(4), Merge({2: 1}), Boundary(1)]
-    out = apply_noise_ops(mask, ops, 3, np.random.default_rng(1))
+    out = apply_noise(mask, ops, 3, np.random.default_rng(1))
     np.testing.assert_array_equal(out == IGNORE_INDEX, mask == IGNORE_INDEX)
 
 
 def test_merge_takes_yaml_string_keys():
     mask = np.array([[0, 1, 2]])
-    np.testing.assert_array_equal(apply_noise_ops(mask, [{"op": "merge", "mapping": {"2": 1}}], 3, None), [[0, 1, 1]])
+    np.testing.assert_array_equal(apply_noise(mask, [{"op": "merge", "mapping": {"2": 1}}], 3, None), [[0, 1, 1]])
 
 
 # ------------------------------------------------------------------- instances, forms and seeding
@@ -213,7 +213,7 @@ def test_instances_serve_object_ops_until_a_boundary_moves():
     mask = np.ones((4, 8), np.int64)  # one component ...
     cells = np.repeat(np.array([[0, 1]]), 4, 0).repeat(4, 1)  # ... made of two 4 x 4 cells
     flip = Flip(0.5)  # K = 2: a flipped cell changes all its 16 px
-    changed = lambda ops: int((apply_noise_ops(mask, ops, 2, np.random.default_rng(0), instances=cells) != mask).sum())
+    changed = lambda ops: int((apply_noise(mask, ops, 2, np.random.default_rng(0), instances=cells) != mask).sum())
     assert changed([flip]) == 16  # cells: round(0.5 * 2) = 1
     assert changed([Drop(0.0), Merge({3: 1}), flip]) == 16  # no boundary moved: still the cells
     assert changed([Coarsen(2), flip]) == 0  # coarsened: the one component, round(0.5 * 1) = 0
@@ -232,7 +232,7 @@ def test_list_and_dict_forms_agree():
     assert parse_noise(legacy) == parse_noise(ops) == LabelNoise(**legacy).ops()
     for inst in (None, cells):
         a = apply_noise(mask, LabelNoise(**legacy), 3, np.random.default_rng(5), inst)
-        np.testing.assert_array_equal(a, apply_noise_ops(mask, ops, 3, np.random.default_rng(5), inst))
+        np.testing.assert_array_equal(a, apply_noise(mask, ops, 3, np.random.default_rng(5), inst))
     a, b = NoisyLabels(Masks([mask, mask.T.copy()]), legacy, 3, 9), NoisyLabels(Masks([mask, mask.T.copy()]), ops, 3, 9)
     for i in range(2):
         np.testing.assert_array_equal(a[i]["mask"].numpy(), b[i]["mask"].numpy())
@@ -242,7 +242,7 @@ def test_noisy_labels_seeded_per_seed_and_index():
     base = squares()
     ds = NoisyLabels(Masks([base, base.copy()]), [{"op": "jitter_objects", "grow": 1, "shift": 3}], 3, seed=4)
     s0, s1 = ds[0], ds[1]
-    want = apply_noise_ops(base, [JitterObjects(1, 3)], 3, np.random.default_rng([4, 0]))
+    want = apply_noise(base, [JitterObjects(1, 3)], 3, np.random.default_rng([4, 0]))
     np.testing.assert_array_equal(s0["mask"].numpy(), want)
     np.testing.assert_array_equal(ds[0]["mask"].numpy(), want)  # same every time
     assert not np.array_equal(s1["mask"].numpy(), want)  # same clean mask, other index: other noise
@@ -314,7 +314,7 @@ def test_lightning_cli_parses_the_list_form():
 
     from jsonargparse import ArgumentParser
 
-    from noisyseg.data.datamodule import DataModule
+    from noisyseg.data.loading import DataModule
 
     noise = [{"op": "drop", "rate": 0.3}, {"op": "jitter_objects", "grow": 2, "shift": 3}]
     vts = {"class_path": "noisyseg.data.VTSSegmentation", "init_args": {"split": "val", "length": 2, "size": 32}}

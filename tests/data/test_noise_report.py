@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from noisyseg.data.noise_report import AgreementCounter, dataset_agreement, format_agreement, label_agreement
+from noisyseg.data.label_noise import AgreementCounter, dataset_agreement, format_agreement, label_agreement
 from noisyseg.data.preview import main as preview
 from noisyseg.data.product_noise import NoisyLabels
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 from noisyseg.data.vts import VTSSegmentation
 
 I = IGNORE_INDEX

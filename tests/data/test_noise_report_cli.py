@@ -14,10 +14,9 @@ import yaml
 from PIL import Image
 
 from noisyseg.cli import main as cli
-from noisyseg.data.noise_report import (AgreementCounter, confusion_figure, dataset_agreement, format_agreement,
-                                         row_percent)
-from noisyseg.data.sample import IGNORE_INDEX, make_sample
-from noisyseg.data.samplers import default_seed
+from noisyseg.data.label_noise import AgreementCounter, dataset_agreement, format_agreement
+from noisyseg.data.loading import IGNORE_INDEX, default_seed, make_sample
+from noisyseg.data.preview import confusion_figure, row_percent
 
 I = IGNORE_INDEX
 # (noisy, clean) masks of the two samples; 3 classes

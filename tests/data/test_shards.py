@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from noisyseg.cli import main as cli_main
 from noisyseg.data import ConcatSources, DataModule, RasterSegmentation, StreamingShards, VTSPairs
-from noisyseg.data.sample import IGNORE_INDEX, collate, make_sample
+from noisyseg.data.loading import IGNORE_INDEX, collate, make_sample
 from noisyseg.data.shards import MANIFEST, PENDING, pack
 
 

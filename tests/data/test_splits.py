@@ -15,9 +15,8 @@ from jsonargparse import ArgumentParser
 from torch.utils.data import Dataset
 
 import noisyseg.data.splits as splits_mod
-from noisyseg.data.datamodule import DataModule
+from noisyseg.data.loading import DataModule, EpochIndex
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.samplers import EpochIndex
 from noisyseg.data.splits import ConcatSources, TileSplit, split_sizes
 
 

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from noisyseg.data.samplers import EpochIndex
-from noisyseg.data.textures import SPLITS, TextureBank, split_indices
-from noisyseg.data.vts import VTSGenerator, VTSPairs, VTSSegmentation
+from noisyseg.data.loading import EpochIndex
+from noisyseg.data.vts import SPLITS, TextureBank, VTSGenerator, VTSPairs, VTSSegmentation, split_indices
 
 
 def test_same_seed_and_index_identical_different_differ():
@@ -26,9 +25,10 @@ def test_texture_splits_disjoint_and_cover(source):
     assert len(ids[0]) == round(0.5 * n) and len(ids[1]) == round(0.3 * n)
 
 
-def test_split_fraction_outside_unit_interval_named():
-    with pytest.raises(ValueError, match=r"1\.2 is outside \(0, 1\)"):
-        split_indices(10, "train", 0, fractions=(1.2, -0.1, -0.1))
+def test_fewer_texture_images_than_splits_named():
+    assert sorted(np.concatenate([split_indices(7, s, 0) for s in SPLITS]).tolist()) == list(range(7))
+    with pytest.raises(ValueError, match="need at least 3 texture images to split, got 2"):
+        split_indices(2, "train", 0)
 
 
 def test_cells_split_equally_between_classes_and_one_texture_per_class():

@@ -13,7 +13,7 @@ from datareal_fixtures import shared_data, write_raster
 from jsonargparse import ArgumentParser
 from PIL import Image
 
-from noisyseg.data.datamodule import DataModule
+from noisyseg.data.loading import DataModule
 from noisyseg.data.preview import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from datareal_fixtures import multiband_uint16, shared_data, write_raster
 import noisyseg.data.raster as raster_mod
 from noisyseg.data.grid import patch_starts
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import IGNORE_INDEX, remap_mask
+from noisyseg.data.loading import IGNORE_INDEX, remap_mask
 
 S2_BANDS = ["B02.tif", "B03.tif", "B04.tif", "B08.tif"]
 

@@ -14,7 +14,7 @@ from rasterio.enums import Resampling
 
 from noisyseg.data.grid import scaled_size
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 from noisyseg.data.splits import ConcatSources, TileSplit
 from noisyseg.data.xbd import XBDSegmentation, burn
 

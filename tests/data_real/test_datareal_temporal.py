@@ -10,7 +10,7 @@ from datareal_fixtures import shared_data, write_raster
 
 from noisyseg.data.grid import patch_starts
 from noisyseg.data.pairing import undersample_pairs
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 from noisyseg.data.temporal import BitemporalPairs, LandsatChange, TemporalStacks
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # PNG / BMP

@@ -12,7 +12,7 @@ import pytest
 from datareal_fixtures import make_xbd, shared_data, write_label
 from skimage.draw import polygon
 
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 from noisyseg.data.stats import class_weights
 from noisyseg.data.xbd import XBDPairs, XBDSegmentation, make_split, parse_wkt
 from noisyseg.metrics.xview2 import XView2Score, xview2_score

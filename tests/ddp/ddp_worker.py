@@ -10,7 +10,7 @@ test); the test does the one-process reference computations itself.
 Scenarios (per-rank batch 2, 32 px VTS images, resnet18, 2 optimiser steps):
 
 * ``segmentation`` — SegmentationTask fit with validation on 9 images through
-  :class:`~noisyseg.data.samplers.UnpaddedDistributedSampler`; then ``test`` of rank 0's weights on
+  :class:`~noisyseg.data.loading.UnpaddedDistributedSampler`; then ``test`` of rank 0's weights on
   8 images (Lightning's sampler, no padding needed), 9 images (Lightning's sampler pads) and 9
   images (unpadded sampler). Records confusion matrices (local and reduced) and sample indices.
 * ``moco``, ``false_per_anchor``, ``false_closest`` — MoCoTask; records every local key batch
@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from noisyseg.data import DataModule, VTSPairs, VTSSegmentation
-from noisyseg.data.samplers import UnpaddedDistributedSampler
+from noisyseg.data.loading import UnpaddedDistributedSampler
 from noisyseg.tasks import DenseContrastTask, DINOTask, MoCoTask, SegmentationTask
 
 BATCH = 2  # per process

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-import noisyseg.lightning_cli as lightning_cli
-from noisyseg.checkpoints import read_encoder
+import noisyseg.cli as cli
 from noisyseg.cli import main
 from noisyseg.experiments import sweep
 from noisyseg.experiments.pipeline import resolve_run
 from noisyseg.experiments.spec import load_spec, plan_runs
 from noisyseg.experiments.table import read_rows
+from noisyseg.runfiles import read_encoder, read_results
 
 from test_sweep import _vts, tiny_configs, write_spec  # noqa: E402  (tests/experiments is on the path)
 
@@ -27,13 +27,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def writes(monkeypatch) -> list[tuple[str, dict]]:
     """Every results record written, as (folder, record)."""
     calls: list[tuple[str, dict]] = []
-    real = lightning_cli.write_results
+    real = cli.write_results
 
     def counted(path, record):
         calls.append((Path(path).parent.name, json.loads(json.dumps(record))))
         real(path, record)
 
-    monkeypatch.setattr(lightning_cli, "write_results", counted)
+    monkeypatch.setattr(cli, "write_results", counted)
     return calls
 
 
@@ -64,7 +64,7 @@ def test_a_sweep_trainings_config_repeats_it_through_noisyseg_fit(tmp_path, writ
     again, _ = read_encoder(run / "encoder.safetensors")
     assert encoder.keys() == again.keys() and all(torch.equal(encoder[k], again[k]) for k in encoder)
     assert main(["fit", "--config", str(run / "downstream-probe" / "config.yaml")]) == 0
-    record = lightning_cli.read_results(run / "downstream-probe")  # null (undefined score) -> NaN
+    record = read_results(run / "downstream-probe")  # null (undefined score) -> NaN
     assert set(record["test"]) == set(rows) and rows["miou"] > 0
     assert record["test"] == pytest.approx(rows, abs=0, nan_ok=True)  # the same scores as the sweep's row, exactly
 
@@ -92,7 +92,7 @@ def test_fit_records_validation_scores_without_the_loss_and_tests_after_fit(tmp_
     assert main(["fit", "--config", str(path), "--resume"]) == 0  # no checkpoint yet: trains from the start
     assert len(writes) == 1
     record = json.loads((tmp_path / "run" / "results.json").read_text())
-    first = lightning_cli.read_results(tmp_path / "run")  # null (undefined score) -> NaN
+    first = read_results(tmp_path / "run")  # null (undefined score) -> NaN
     for split in ("val", "test"):  # the file holds what was written
         assert first[split] == pytest.approx(writes[0][1][split], abs=0, nan_ok=True)
     keys = {"miou", "f1", "accuracy"} | {f"{m}/{c}" for m in ("iou", "f1") for c in ("0", "1", "2")}
@@ -102,7 +102,7 @@ def test_fit_records_validation_scores_without_the_loss_and_tests_after_fit(tmp_
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["test_after_fit"] is True and saved["ckpt_path"] is None
     assert main(["fit", "--config", str(tmp_path / "run" / "config.yaml")]) == 0
-    again = lightning_cli.read_results(tmp_path / "run")
+    again = read_results(tmp_path / "run")
     for split in ("val", "test"):
         assert again[split] == pytest.approx(first[split], abs=0, nan_ok=True)
     cfg["test_after_fit"] = False

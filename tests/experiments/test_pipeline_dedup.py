@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from noisyseg.checkpoints import save_encoder
 from noisyseg.experiments import pipeline, sweep
 from noisyseg.experiments.pipeline import same_run_key
 from noisyseg.experiments.table import read_rows
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
+from noisyseg.runfiles import save_encoder
 
 from test_sweep import write_spec  # noqa: E402  (tests/experiments is on the path: pytest prepend mode)
 

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from noisyseg.checkpoints import EncoderFileError, save_encoder
 from noisyseg.interop import META_KEY, export_encoder, main
-from noisyseg.models.encoders import build_encoder, pooled_features
+from noisyseg.models.networks import build_encoder, pooled_features
+from noisyseg.runfiles import EncoderFileError, save_encoder
 
 
 def _trained_like(arch: str, bands: int, seed: int = 0) -> nn.Module:

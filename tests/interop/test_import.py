@@ -10,9 +10,9 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from noisyseg.checkpoints import EncoderFileError, read_encoder
 from noisyseg.interop import adapt_first_conv, encoder_file_from_state_dict, import_state_dict, main
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
+from noisyseg.runfiles import EncoderFileError, read_encoder
 
 
 def _timm_weights(arch: str = "resnet18", bands: int = 3, classes: int = 10) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from noisyseg.config import instantiate
 from noisyseg.data import DataModule, VTSSegmentation
-from noisyseg.data.sample import IMAGE, MASK
+from noisyseg.data.loading import IMAGE, MASK
 from noisyseg.losses import CEDiceLoss
 from noisyseg.losses.robust import (
     BootstrappingCE,
@@ -358,8 +358,8 @@ def test_cli_parses_the_docstring_loss_config(tmp_path, one_thread):
 def test_run_config_resumes_a_robust_loss_run_weights_only(tmp_path, one_thread):
     """The studies' path (instantiate + run_config) reads last.ckpt weights-only on resume: a loss
     module pickled into the task's hyperparameters would be refused there."""
-    from noisyseg.callbacks import load_checkpoint_safely
-    from noisyseg.lightning_cli import run_config
+    from noisyseg.runfiles import load_checkpoint_safely
+    from noisyseg.cli import run_config
 
     cfg = _docstring_config(tmp_path)
     run = run_config(cfg, quiet=True)

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from noisyseg.checkpoints import EncoderFileError, load_encoder, read_encoder, save_encoder
-from noisyseg.models.encoders import build_encoder
-from noisyseg.models.segmentation import DECODERS, build_segmentation_model
+from noisyseg.models.networks import DECODERS, build_encoder, build_segmentation_model
+from noisyseg.runfiles import EncoderFileError, load_encoder, read_encoder, save_encoder
 
 
 def test_round_trip_bit_exact_and_metadata(tmp_path):
@@ -61,7 +60,7 @@ def test_unknown_names_list_valid():
 def test_decoder_in_the_file_is_invisible_to_encoder_readers(tmp_path):
     from safetensors.torch import load_file
 
-    from noisyseg.checkpoints import read_decoder
+    from noisyseg.runfiles import read_decoder
     from noisyseg.interop import export_encoder, import_state_dict
 
     model = build_segmentation_model("unet", "resnet18", 3, 4)

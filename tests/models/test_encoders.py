@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from noisyseg.models.encoders import build_encoder, last_features
+from noisyseg.models.networks import build_encoder, last_features
 from noisyseg.models.momentum import split_batchnorm
 
 

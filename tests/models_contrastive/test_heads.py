@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from noisyseg.models.heads import DenseProjection, DINOHead, ProjectionMLP
+from noisyseg.models.networks import DenseProjection, DINOHead, ProjectionMLP
 
 
 def test_projection_mlp_pools_maps_and_accepts_vectors() -> None:

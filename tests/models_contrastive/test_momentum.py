@@ -17,9 +17,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.distributed import gather, gather_no_grad, is_dist, rank, world_size
+from noisyseg.runtime import gather, gather_no_grad, is_dist, rank, world_size
 from noisyseg.models.momentum import (
     KeyQueue,
+    SplitBatchNorm2d,
     batch_shuffle,
     batch_unshuffle,
     cosine_schedule,
@@ -49,6 +50,12 @@ def test_momentum_update_copies_keeps_or_averages(m: float) -> None:
             torch.testing.assert_close(p_t, (p_o + p_0) / 2)
     for b_o, b_t in zip(online.buffers(), target.buffers()):
         assert torch.equal(b_o, b_t)  # buffers copied
+
+
+def test_momentum_update_of_networks_without_buffers() -> None:
+    online, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    momentum_update(online, target, 0.0)
+    assert torch.equal(target.weight, online.weight) and torch.equal(target.bias, online.bias)
 
 
 def test_momentum_update_rejects_bad_m_and_mismatched_networks() -> None:
@@ -143,6 +150,17 @@ def test_split_batchnorm_equals_running_the_network_on_each_sub_batch() -> None:
     torch.testing.assert_close(bare(x[:, :3]), torch.cat([F.batch_norm(p, None, None, training=True) for p in x[:, :3].chunk(2)]))
     with pytest.raises(ValueError, match="groups=0"):
         split_batchnorm(net, 0)
+
+
+def test_split_batchnorm_keeps_tensors_and_dtype_and_converts_a_root_batchnorm() -> None:
+    bn = nn.BatchNorm2d(3).double()
+    weight, mean = bn.weight, bn.running_mean
+    assert split_batchnorm(bn, 2) is bn
+    assert type(bn) is SplitBatchNorm2d and bn.groups == 2
+    assert bn.weight is weight and bn.running_mean is mean and weight.dtype == torch.float64
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    expected = torch.cat([F.batch_norm(p, None, None, weight, bn.bias, training=True) for p in x.chunk(2)])
+    torch.testing.assert_close(bn(x), expected)
 
 
 def test_helpers_are_identities_without_a_process_group() -> None:

@@ -1,6 +1,6 @@
 """Datasets that return bad samples on purpose (seeded, tiny), named by class_path in test configs.
 
-They bypass :func:`~noisyseg.data.sample.make_sample` where a real but careless user dataset would,
+They bypass :func:`~noisyseg.data.loading.make_sample` where a real but careless user dataset would,
 so that the task's own per-batch checks are what is tested.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from noisyseg.data.sample import IGNORE_INDEX, IMAGE, MASK, META
+from noisyseg.data.loading import IGNORE_INDEX, IMAGE, MASK, META
 
 
 class Broken(Dataset):

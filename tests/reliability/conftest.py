@@ -30,7 +30,7 @@ def tiny_config(root: Path, train: dict | None = None, model: dict | None = None
     """A SegmentationTask (FCN, ResNet-18) config on 32 px VTS, fp32, run dir ``root``."""
     callbacks = []
     if every:
-        callbacks = [{"class_path": "noisyseg.callbacks.RunCheckpoint", "init_args": {"every_n_train_steps": every}}]
+        callbacks = [{"class_path": "noisyseg.runfiles.RunCheckpoint", "init_args": {"every_n_train_steps": every}}]
     data = {"batch_size": batch_size, "train": train or vts()}
     if test:
         data["test"] = test

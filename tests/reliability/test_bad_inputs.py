@@ -17,12 +17,12 @@ import rasterio
 import torch
 
 from conftest import tiny_config, vts, write_config
-from noisyseg.checkpoints import EncoderFileError, save_encoder
 from noisyseg.data import XBDSegmentation
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import IGNORE_INDEX, MASK
+from noisyseg.data.loading import IGNORE_INDEX, MASK
 from noisyseg.losses.segmentation import CEDiceLoss
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
+from noisyseg.runfiles import EncoderFileError, save_encoder
 
 RNG = np.random.default_rng(0)
 
@@ -279,5 +279,5 @@ def test_missing_encoder_file(run_cli, tmp_path):
     code, err = fit(run_cli, tmp_path, vts(), encoder_path=str(tmp_path / "none.safetensors"))
     assert_error(code, err, "none.safetensors does not exist")
     with pytest.raises(EncoderFileError):
-        from noisyseg.checkpoints import read_encoder
+        from noisyseg.runfiles import read_encoder
         read_encoder(tmp_path / "none.safetensors")

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import tiny_config, vts, write_config
+from noisyseg.cli import run_config
 from noisyseg.config import check_class, instantiate
-from noisyseg.lightning_cli import run_config
 
 
 def evil_node(class_path: str, marker) -> dict:
@@ -111,10 +111,10 @@ def test_sweep_refuses_before_any_run(run_cli, tmp_path, class_path, where):
 
 @pytest.mark.parametrize("section", ["trainer", "model", "data"])
 def test_run_config_refuses_before_building_the_trainer(tmp_path, monkeypatch, section):
-    import noisyseg.lightning_cli as lightning_cli
+    import noisyseg.cli as cli
 
     trainers = []
-    monkeypatch.setattr(lightning_cli, "_start", lambda *a, **k: trainers.append(1))
+    monkeypatch.setattr(cli, "_start", lambda *a, **k: trainers.append(1))
     marker = tmp_path / "ran"
     cfg = tiny_config(tmp_path / "run")
     if section == "trainer":

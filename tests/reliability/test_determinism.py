@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from conftest import tiny_config, vts
-from noisyseg.lightning_cli import run_config
+from noisyseg.cli import run_config
 
 
 def _run(tmp, name, cfg):

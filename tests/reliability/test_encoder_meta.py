@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import tiny_config, write_config
-from noisyseg.checkpoints import EncoderFileError, load_encoder, read_encoder, save_encoder
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
+from noisyseg.runfiles import EncoderFileError, load_encoder, read_encoder, save_encoder
 
 GOOD = {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}
 

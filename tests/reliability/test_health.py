@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from noisyseg.lightning_cli import run_config
-from noisyseg.metrics.representation import effective_rank, embedding_std, is_collapsed
+from noisyseg.cli import run_config
 from noisyseg.tasks import MoCoTask
-from noisyseg.tasks.health import RepresentationHealth
+from noisyseg.tasks.base import RepresentationHealth, effective_rank, embedding_std, is_collapsed
 from noisyseg.tasks.moco import EncoderWithHead
 
 

@@ -18,7 +18,7 @@ from conftest import tiny_config, vts, write_config
 from noisyseg.config import load_config
 from noisyseg.data.io import png_complete
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import collate, make_sample
+from noisyseg.data.loading import collate, make_sample
 from test_bad_inputs import assert_error, fit, raster_data, write_tif, xbd, xbd_data
 
 RNG = np.random.default_rng(1)
@@ -161,7 +161,7 @@ def test_error_while_a_dataset_is_built_is_its_own_line(run_cli, tmp_path, one_t
 
 
 def test_missing_files_while_a_dataset_is_built_keep_their_type(run_cli, tmp_path, one_thread):
-    from noisyseg.lightning_cli import run_lightning_cli
+    from noisyseg.cli import run_lightning_cli
 
     code, err = fit(run_cli, tmp_path, raster_data(tmp_path))  # no img/ folder at all
     message = f"the image glob '{tmp_path / 'img' / '*.tif'}' matches no files"

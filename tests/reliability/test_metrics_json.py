@@ -6,7 +6,7 @@ import json
 import math
 
 from conftest import tiny_config
-from noisyseg.lightning_cli import run_config
+from noisyseg.cli import run_config
 
 
 def strict_json(text: str) -> dict:

@@ -11,7 +11,7 @@ import pytest
 
 from noisyseg.data.index import TileIndex
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import MASK
+from noisyseg.data.loading import MASK
 from test_bad_inputs import write_tif
 
 IMAGE = np.full((3, 8, 8), 7, np.uint8)

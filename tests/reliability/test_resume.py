@@ -2,7 +2,7 @@
 
 The killed child is a real ``python -m noisyseg fit`` process; the rerun is the same command plus
 ``--resume``, in-process (same code path, no second import). Checkpoints every 2 steps
-(``RunCheckpoint`` from the YAML), written atomically (:class:`~noisyseg.callbacks.SafeCheckpointIO`).
+(``RunCheckpoint`` from the YAML), written atomically (:class:`~noisyseg.runfiles.SafeCheckpointIO`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from conftest import subprocess_env, tiny_config, write_config
-from noisyseg.callbacks import SafeCheckpointIO
-from noisyseg.checkpoints import read_encoder
+from noisyseg.runfiles import SafeCheckpointIO, read_encoder
 
 MAX_STEPS = 8
 

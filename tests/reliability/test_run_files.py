@@ -24,10 +24,9 @@ from safetensors import SafetensorError
 
 from conftest import tiny_config, vts, write_config
 from noisyseg import runfiles
-from noisyseg.callbacks import RunCheckpoint, SafeCheckpointIO, checkpoint_estimate
-from noisyseg.checkpoints import read_encoder, save_encoder
 from noisyseg.data import DataModule, VTSSegmentation
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
+from noisyseg.runfiles import RunCheckpoint, SafeCheckpointIO, checkpoint_estimate, read_encoder, save_encoder
 from noisyseg.tasks import SegmentationTask
 
 
@@ -45,7 +44,7 @@ def one_line(code: int, err: str, *needles: str) -> None:
 
 def mkstemp_name(folder: Path, target: str) -> Path:
     """A temp file named exactly as the atomic writers name theirs, left as a kill leaves it."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=runfiles.temp_prefix(folder / target), suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target}.", suffix=".tmp")
     os.write(fd, b"x" * 1000)
     os.close(fd)
     return Path(tmp)
@@ -135,7 +134,7 @@ def test_disk_full_while_writing_the_encoder_file(tmp_path, monkeypatch, err):
     enc = build_encoder("resnet18", 3)
     save_encoder(path, enc, "resnet18")
     before = path.read_bytes()
-    monkeypatch.setattr("noisyseg.checkpoints.save_file", partial_then(err))
+    monkeypatch.setattr("noisyseg.runfiles.save_file", partial_then(err))
     with pytest.raises(OSError, match=rf"cannot write {path}: .*No space left on device.* free in {tmp_path}.*"
                                       r"the disk is full"):
         save_encoder(path, enc, "resnet18")
@@ -219,7 +218,7 @@ def test_clock_checkpoint_is_on_by_default_and_keeps_the_state_key():
 
 
 def test_cli_default_checkpoint_saves_on_the_clock(tmp_path):
-    from noisyseg.lightning_cli import NoisysegCLI
+    from noisyseg.cli import NoisysegCLI
 
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tmp_path / "run", vts(length=4)))
     cli = NoisysegCLI(SegmentationTask, DataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,

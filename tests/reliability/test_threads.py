@@ -8,7 +8,7 @@ import torch
 
 import noisyseg.runtime as runtime
 from conftest import tiny_config, write_config
-from noisyseg.lightning_cli import run_config
+from noisyseg.cli import run_config
 from noisyseg.experiments.sweep import run_sweep
 
 # two sockets' worth of a 2-core, 2-way hyper-threaded CPU: logical 0/2 share core 0, 1/3 core 1

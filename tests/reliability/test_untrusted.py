@@ -2,7 +2,7 @@
 
 Lightning 2.6 reads ``ckpt_path`` with ``torch.load(weights_only=None)``; torch >= 2.6 treats
 ``None`` as ``True``, but the ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable flips that
-default. noisyseg installs :class:`~noisyseg.callbacks.SafeCheckpointIO`, which always passes
+default. noisyseg installs :class:`~noisyseg.runfiles.SafeCheckpointIO`, which always passes
 ``weights_only=True`` explicitly, so the refusal holds under that variable too.
 (Encoder files are safetensors; the crafted pickle on ``noisyseg export --import`` is tested in
 tests/interop/test_import.py.)
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from conftest import tiny_config, write_config
-from noisyseg.lightning_cli import run_config
+from noisyseg.cli import run_config
 
 
 class _Evil:
@@ -54,7 +54,7 @@ def test_crafted_ckpt_refused_by_run_config(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path / "run")
     import pytest
 
-    from noisyseg.callbacks import CheckpointFileError
+    from noisyseg.runfiles import CheckpointFileError
 
     with pytest.raises(CheckpointFileError, match="was refused"):
         run_config(cfg, quiet=True, ckpt_path=str(ckpt))

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from noisyseg.checkpoints import read_encoder
-from noisyseg.tasks.base import LR_SCHEDULES, BaseTask, _fusable, batch_sources, constant, warmup_constant, warmup_cosine
-from noisyseg.tasks.health import RepresentationHealth
+from noisyseg.runfiles import read_encoder
+from noisyseg.tasks.base import (LR_SCHEDULES, BaseTask, RepresentationHealth, _fusable, batch_sources, constant,
+                                 warmup_constant, warmup_cosine)
 
 
 class Tiny(BaseTask):

@@ -5,7 +5,7 @@ Each task takes its parts as constructor arguments that a YAML config replaces w
 part is built as before from the string and number options, so the first training step gives the
 same loss as before the parts became arguments (values recorded from that code, same seeds). The
 data-derived arguments (normalisation, MoCo's batch and training-set size) are linked from the data
-module by :func:`~noisyseg.tasks.links.link_data_arguments`, as ``noisyseg fit`` does.
+module by :func:`~noisyseg.tasks.base.link_data_arguments`, as ``noisyseg fit`` does.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from lightning import LightningDataModule
 from torch import nn
 
 from noisyseg.data import DataModule, VTSPairs, VTSSegmentation
-from noisyseg.data.sample import IMAGE, IMAGE2, MASK, MASK2
+from noisyseg.data.loading import IMAGE, IMAGE2, MASK, MASK2
 from noisyseg.losses.dense import downsample_labels
-from noisyseg.models.encoders import last_features
+from noisyseg.models.networks import last_features
 from noisyseg.tasks import DenseContrastTask, DINOTask, MoCoTask, SegmentationTask, SimCLRTask
 from noisyseg.tasks.base import BaseTask
-from noisyseg.tasks.links import link_data_arguments
+from noisyseg.tasks.base import link_data_arguments
 
 HERE = __name__  # class paths of the stubs below, as a config names them
 CLOSE = {"rtol": 1e-4, "atol": 1e-5}  # same network, another batch composition of the convolutions
@@ -251,8 +251,8 @@ def _moco_run(root, length: int, max_steps: int) -> dict:
 
 
 def test_noisyseg_fit_links_the_data_and_a_resume_takes_the_checkpoints_queue(tmp_path, one_thread) -> None:
-    from noisyseg.checkpoints import read_encoder
-    from noisyseg.lightning_cli import run_config
+    from noisyseg.runfiles import read_encoder
+    from noisyseg.cli import run_config
 
     first = run_config(_moco_run(tmp_path, length=16, max_steps=2), quiet=True)
     task = first["model"]

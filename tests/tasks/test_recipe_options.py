@@ -11,14 +11,14 @@ from jsonargparse import ArgumentParser
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from noisyseg.checkpoints import read_decoder, read_encoder, save_encoder
 from noisyseg.data import DataModule, VTSSegmentation
-from noisyseg.data.sample import IMAGE
+from noisyseg.data.loading import IMAGE
 from noisyseg.data.vts import VTS_MEAN, VTS_STD
-from noisyseg.models.encoders import build_encoder
+from noisyseg.models.networks import build_encoder
+from noisyseg.runfiles import read_decoder, read_encoder, save_encoder
 from noisyseg.tasks import DenseContrastTask, DINOTask, MoCoTask, SegmentationTask
 from noisyseg.tasks.base import LR_SCHEDULES, BaseTask, constant, warmup_constant, warmup_cosine
-from noisyseg.tasks.links import data_links
+from noisyseg.tasks.base import data_links
 from noisyseg.tasks.segmentation import input_correction
 from noisyseg.transforms.batch import SEGMENTATION_PRESETS
 

@@ -1,12 +1,15 @@
-"""SegmentationTask: frozen mode leaves the encoder bit-identical; transfer across class sets."""
+"""SegmentationTask: frozen mode leaves the encoder bit-identical; transfer across class sets; scores."""
+
+import math
 
 import lightning as L
 import pytest
 import torch
 
-from noisyseg.checkpoints import read_encoder, save_encoder
 from noisyseg.data import DataModule, VTSSegmentation
+from noisyseg.runfiles import read_encoder, save_encoder
 from noisyseg.tasks import SegmentationTask
+from noisyseg.tasks.segmentation import scores_from_confusion
 
 
 def _fit(task, steps=3, size=32, **data_kw):
@@ -49,8 +52,6 @@ def test_finetune_changes_encoder_and_exports(tmp_path):
 # ------------------------------------------------------------------------------------- test / predict
 def _by_hand(task, ds, target_key):
     """Scores from a confusion matrix counted here: argmax of the network against ``target_key``."""
-    from noisyseg.metrics.segmentation import scores_from_confusion
-
     task.eval()
     cm = torch.zeros(2, 2, dtype=torch.long)
     with torch.no_grad():
@@ -71,7 +72,7 @@ def test_test_scores_clean_labels(tmp_path, one_thread):
                         enable_model_summary=False, precision="32-true", default_root_dir=str(tmp_path))
     trainer.fit(task, datamodule=dm)
     trainer.test(task, datamodule=dm, verbose=False)
-    logged = trainer.callback_metrics  # what noisyseg.lightning_cli writes to results.json
+    logged = trainer.callback_metrics  # what noisyseg.cli writes to results.json
     clean, noisy = _by_hand(task, ds, "clean_mask"), _by_hand(task, ds, "mask")
     assert clean["miou"] != noisy["miou"]  # the two targets tell apart which one was scored
     for key in ("miou", "iou/fg", "f1", "accuracy"):
@@ -94,3 +95,30 @@ def test_inverse_frequency_weights_count_the_training_labels(one_thread):
     assert counts.sum() == len(ds) * 32 * 32 and counts.min() > 0
     assert torch.equal(task._count_classes(), counts)
     assert torch.allclose(task.loss_fn.class_weights, inverse_frequency_weights(counts))
+
+
+# ------------------------------------------------------------------------------------------ scores
+def test_scores_hand_computed():
+    # truth rows, prediction columns
+    cm = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    s = scores_from_confusion(cm, ["a", "b", "c"])
+    assert math.isclose(s["iou/a"], 5 / (5 + 2 + 1))
+    assert math.isclose(s["iou/b"], 3 / (3 + 1 + 2))
+    assert math.isnan(s["iou/c"])  # never present nor predicted: left out of the mean
+    assert math.isclose(s["miou"], (5 / 8 + 3 / 6) / 2)
+    assert math.isclose(s["f1/a"], 2 * 5 / (2 * 5 + 2 + 1))
+    assert math.isclose(s["f1"], (10 / 13 + 6 / 9) / 2)
+    assert math.isclose(s["accuracy"], 8 / 11)
+    assert list(s) == ["miou", "f1", "accuracy", "iou/a", "f1/a", "iou/b", "f1/b", "iou/c", "f1/c"]
+    assert list(scores_from_confusion(cm)) == ["miou", "f1", "accuracy", "iou/0", "f1/0", "iou/1", "f1/1",
+                                               "iou/2", "f1/2"]
+
+
+def test_task_confusion_accumulates_over_batches_and_skips_ignore():
+    cm = SegmentationTask(num_classes=2, ignore_index=255).val_cm
+    cm.update(torch.tensor([[0, 1]]), torch.tensor([[0, 0]]))
+    cm.update(torch.tensor([[1, 1]]), torch.tensor([[1, 255]]))
+    assert cm.compute().tolist() == [[1, 1], [0, 1]]
+    # accumulated, not averaged per batch: batch-wise mIoU would be (0.5/2... ) different
+    s = scores_from_confusion(cm.compute())
+    assert math.isclose(s["miou"], (1 / 2 + 1 / 2) / 2)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from noisyseg.checkpoints import read_encoder
 from noisyseg.data import DataModule, VTSPairs
+from noisyseg.runfiles import read_encoder
 from noisyseg.tasks import SimCLRTask
 
 B, SIZE = 4, 32

@@ -6,7 +6,7 @@ Stages:
    Voronoi cells given the wrong class; a separate clean validation split for the analysis.
 2. **trainings** — two UNet-ResNet18 from the same seed, hence the same initialisation (checked),
    the same batches and augmentations; only the labels differ. Each is an ordinary config run
-   through :func:`noisyseg.lightning_cli.run_config` (``<out>/train-clean/config.yaml``,
+   through :func:`noisyseg.cli.run_config` (``<out>/train-clean/config.yaml``,
    ``<out>/train-noisy/config.yaml``: ``noisyseg fit --config`` repeats either).
 3. **analysis** — :func:`noisyseg.analysis.encoder_decoder.analyze_models`: per layer Fisher ratio,
    linear probe, weight change and clean-vs-noisy distance.
@@ -115,7 +115,7 @@ def train_pair(cfg: AnalysisConfig, out: Path):
     import lightning as L
     import torch
 
-    from noisyseg.lightning_cli import run_config
+    from noisyseg.cli import run_config
 
     class InitialWeights(L.Callback):
         """The network's state dict when fitting starts."""

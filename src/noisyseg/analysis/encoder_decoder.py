@@ -27,7 +27,7 @@ from torch import nn  # noqa: E402
 
 from noisyseg.analysis.fisher import fisher_ratio, linear_probe_accuracy, sample_pixels  # noqa: E402
 from noisyseg.analysis.weights import weight_stats  # noqa: E402
-from noisyseg.data.sample import CLEAN_MASK, IMAGE, MASK  # noqa: E402
+from noisyseg.data.loading import CLEAN_MASK, IMAGE, MASK  # noqa: E402
 from noisyseg.runfiles import atomic_write  # noqa: E402
 
 COLUMNS = ["layer", "part", "channels", "stride", "fisher_clean", "fisher_noisy", "probe_clean", "probe_noisy",

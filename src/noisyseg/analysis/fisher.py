@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 
 
 def fisher_ratio(features: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:

@@ -1,8 +1,7 @@
 """Data: the sample contract, synthetic VTS scenes, label noise, real-data loaders, the DataModule."""
 
-from noisyseg.data.datamodule import DataModule
 from noisyseg.data.label_noise import LabelNoise, apply_noise, noise_rate
-from noisyseg.data.sample import IGNORE_INDEX, collate, make_sample
+from noisyseg.data.loading import IGNORE_INDEX, DataModule, collate, make_sample
 from noisyseg.data.product_noise import NoisyLabels
 from noisyseg.data.products import PRODUCT_TABLES, ProductLabels
 from noisyseg.data.raster import RasterSegmentation

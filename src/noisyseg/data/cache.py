@@ -13,11 +13,12 @@ they say so with ``draws_per_epoch = True`` and are refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from noisyseg.data.sample import Sample
+if TYPE_CHECKING:  # loading (the DataModule) imports this module
+    from noisyseg.data.loading import Sample
 
 
 class InMemory(Dataset):

@@ -6,7 +6,7 @@ turn those into masks (:class:`~noisyseg.data.products.ProductLabels`,
 :class:`~noisyseg.data.vector.VectorLabels`): it keeps the wrapped imagery's windows, resampling,
 normalisation and optional clean masks, works out each sample's pixel grid in the image CRS
 (:func:`window_grid`), asks the subclass for the labels on that grid, and marks image no-data and
-padding :data:`~noisyseg.data.sample.IGNORE_INDEX`.
+padding :data:`~noisyseg.data.loading.IGNORE_INDEX`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from torch.utils.data import Dataset
 
 from noisyseg.data.io import image_resampling, open_raster, read_sources, valid_pixels
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import IGNORE_INDEX, IMAGE, MASK, META, Sample, make_sample, pad_to
-from noisyseg.data.samplers import EpochIndex
+from noisyseg.data.loading import IGNORE_INDEX, IMAGE, MASK, META, EpochIndex, Sample, make_sample, pad_to
 
 
 @dataclass(frozen=True)

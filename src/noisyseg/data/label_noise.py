@@ -15,26 +15,58 @@ arrays, never touching :data:`IGNORE_INDEX` pixels. They model the noise that ch
 A noise model is a list of operations (:class:`NoiseOp` subclasses: :class:`Drop`, :class:`Flip`,
 :class:`Boundary`, :class:`JitterObjects`, :class:`Coarsen`, :class:`Merge`) applied in the order
 given, each to the previous one's output, drawing from one generator in order
-(:func:`apply_noise_ops`). :func:`parse_noise` builds the list from YAML-style specs::
+(:func:`apply_noise`). :func:`parse_noise` builds the list from YAML-style specs::
 
     [{op: coarsen, factor: 16}, {op: flip, rate: 0.2, unit: blocks, block: 16}]
     [{op: drop, rate: 0.3}, {op: jitter_objects, grow: 2, shift: 3}]
 
 or from the :class:`LabelNoise` fields (``{flip_rate: 0.3, coarse_factor: 8}``), which stand for the
-fixed order drop, flip, boundary shift, coarsen, merge. :func:`noise_rate` measures the realised
-pixel noise rate; :mod:`noisyseg.data.noise_report` the per-class agreement.
+fixed order drop, flip, boundary shift, coarsen, merge. :func:`apply_noise` applies any of these
+specs. Objects are those of the current mask (connected components per class), except that
+caller-given ``instances`` ``[H, W]`` (e.g. Voronoi cells) serve the object-level ops (drop, flip of
+objects, jitter_objects) for as long as they still tile the mask: from the first op up to the
+first one that moves a boundary (boundary, jitter_objects, coarsen, flip of blocks).
+
+**Realised noise.** The noise a config asks for (a flip rate, a block size) is not the noise the
+labels carry: flips of small objects change few pixels, coarsening erases thin ones.
+:func:`noise_rate` measures the realised pixel noise rate of one mask; :class:`AgreementCounter`,
+:func:`label_agreement` and :func:`dataset_agreement` measure the result as a confusion matrix of
+noisy labels against clean ones (rows clean, columns noisy) and the scores read from it
+(:meth:`AgreementCounter.result`):
+
+* ``agreement`` — fraction of counted pixels whose noisy label equals the clean one;
+* ``precision[k]`` — of the pixels the noisy mask calls ``k``, the fraction that are ``k``;
+* ``recall[k]`` — of the pixels that are ``k``, the fraction the noisy mask calls ``k``;
+* ``iou[k]`` — intersection over union of the noisy and clean ``k`` regions.
+
+Counted pixels are those valid (not :data:`IGNORE_INDEX`) in both masks; ``noisy_ignored`` counts
+clean pixels that the noisy mask ignores (``noisy_ignored_by_class``: per clean class),
+``clean_ignored`` the pixels the clean mask ignores. A score with a zero denominator is NaN. The
+confusion matrices of a dataset's samples are summed, so the scores weigh every pixel alike (not
+every sample)::
+
+    d = dataset_agreement(NoisyLabels(ds, noise=[{"op": "drop", "rate": 0.3}]), num_classes=2)
+    print(format_agreement(d, ["background", "building"]))
+
+``noisyseg data noise-report`` (:func:`noisyseg.data.preview.noise_report_main`) does this for one
+split of a config and writes the confusion matrix as CSV, PNG and JSON.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import CLEAN_MASK, IGNORE_INDEX, MASK
+
+PROGRESS_FROM = 50
+"""Datasets with at least this many samples get a tqdm progress bar in :func:`dataset_agreement`."""
 
 
 @dataclass
@@ -59,36 +91,18 @@ class LabelNoise:
 
     def __post_init__(self) -> None:
         for name in ("flip_rate", "drop_rate"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"LabelNoise.{name}={v} is outside [0, 1]")
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"LabelNoise.{name}={getattr(self, name)} is outside [0, 1]")
         if self.coarse_factor < 1:
             raise ValueError(f"LabelNoise.coarse_factor={self.coarse_factor} must be >= 1")
 
-    @property
-    def is_clean(self) -> bool:
-        return (
-            self.flip_rate == 0
-            and self.boundary_shift == 0
-            and self.coarse_factor == 1
-            and not self.merge
-            and self.drop_rate == 0
-        )
-
     def ops(self) -> list[NoiseOp]:
         """The same noise as an operation list: drop, flip, boundary, coarsen, merge (those set)."""
-        out: list[NoiseOp] = []
-        if self.drop_rate:
-            out.append(Drop(self.drop_rate, self.background))
-        if self.flip_rate:
-            out.append(Flip(self.flip_rate))
-        if self.boundary_shift:
-            out.append(Boundary(self.boundary_shift, self.background))
-        if self.coarse_factor > 1:
-            out.append(Coarsen(self.coarse_factor))
-        if self.merge:
-            out.append(Merge(dict(self.merge)))
-        return out
+        out: list[NoiseOp] = [Drop(self.drop_rate, self.background)] if self.drop_rate else []
+        out += [Flip(self.flip_rate)] if self.flip_rate else []
+        out += [Boundary(self.boundary_shift, self.background)] if self.boundary_shift else []
+        out += [Coarsen(self.coarse_factor)] if self.coarse_factor > 1 else []
+        return out + ([Merge(dict(self.merge))] if self.merge else [])
 
 
 def objects(mask: np.ndarray, instances: np.ndarray | None = None) -> np.ndarray:
@@ -97,47 +111,25 @@ def objects(mask: np.ndarray, instances: np.ndarray | None = None) -> np.ndarray
         return instances.astype(np.int64) + 1
     out = np.zeros(mask.shape, dtype=np.int64)
     next_id = 1
-    for c in np.unique(mask):
-        if c == IGNORE_INDEX:
-            continue
+    for c in np.unique(mask[mask != IGNORE_INDEX]):
         lab, n = ndimage.label(mask == c)
         out[lab > 0] = lab[lab > 0] + next_id - 1
         next_id += n
     return out
 
 
-def flip_objects(
-    mask: np.ndarray,
-    rate: float,
-    num_classes: int,
-    rng: np.random.Generator,
-    instances: np.ndarray | None = None,
-) -> np.ndarray:
-    """Give a fraction ``rate`` of objects a different, uniformly drawn class.
-
-    Args:
-        mask: ``[H, W]`` labels.
-        rate: fraction of objects to flip, in [0, 1].
-        num_classes: classes to draw from (``0..num_classes-1``).
-        rng: seeded generator.
-        instances: optional ``[H, W]`` object ids (e.g. Voronoi cells); else connected components.
-    """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"flip rate {rate} is outside [0, 1]")
+def flip_objects(mask: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator,
+                 instances: np.ndarray | None = None) -> np.ndarray:
+    """Give ``round(rate * objects)`` objects of ``mask`` ``[H, W]`` another class of ``0..num_classes-1`` (:func:`objects`)."""
     if num_classes < 2:
         raise ValueError(f"flipping needs num_classes >= 2, got {num_classes}")
     out = mask.copy()
     obj = objects(mask, instances)
     ids = np.unique(obj[(obj > 0) & (mask != IGNORE_INDEX)])
-    n_flip = int(round(rate * len(ids)))
-    if n_flip == 0:
-        return out
-    chosen = rng.choice(ids, size=n_flip, replace=False)
-    for oid in chosen:
+    for oid in rng.choice(ids, size=int(round(rate * len(ids))), replace=False):  # none: rng untouched
         sel = (obj == oid) & (mask != IGNORE_INDEX)
         cur = int(np.bincount(mask[sel]).argmax())
-        # a *different* class: shift by 1..num_classes-1 modulo num_classes
-        out[sel] = (cur + rng.integers(1, num_classes)) % num_classes
+        out[sel] = (cur + rng.integers(1, num_classes)) % num_classes  # a different class: shift by 1..K-1 mod K
     return out
 
 
@@ -446,7 +438,8 @@ class Merge(NoiseOp):
         return merge_classes(mask, self.mapping)
 
 
-OPS: dict[str, type[NoiseOp]] = {c.op: c for c in (Drop, Flip, Boundary, JitterObjects, Coarsen, Merge)}
+OPS: dict[str, type[NoiseOp]] = {"drop": Drop, "flip": Flip, "boundary": Boundary, "jitter_objects": JitterObjects,
+                                  "coarsen": Coarsen, "merge": Merge}
 """YAML ``op`` name -> operation class."""
 
 
@@ -499,12 +492,7 @@ NoiseSpec = LabelNoise | dict[str, Any] | Sequence[NoiseOp | dict[str, Any]] | N
 
 
 def parse_noise(spec: NoiseSpec) -> list[NoiseOp]:
-    """The operation list a noise spec stands for.
-
-    Args:
-        spec: ``None`` (no noise); a :class:`LabelNoise` or its field dict (``{flip_rate: 0.2}``:
-            the fixed order drop, flip, boundary, coarsen, merge); one op dict (``{op: coarsen,
-            factor: 8}``); or a list of op dicts / :class:`NoiseOp` applied in the order given.
+    """The operation list of ``spec``: ``None``, a :class:`LabelNoise` or its field dict, an op dict or a list of ops.
 
     Raises:
         ValueError: an unknown field or op (listing the valid ones), or a bad value.
@@ -522,34 +510,15 @@ def parse_noise(spec: NoiseSpec) -> list[NoiseOp]:
     raise ValueError(f"noise spec {spec!r} must be a mapping of LabelNoise fields or a list of ops")
 
 
-def apply_noise_ops(
-    mask: np.ndarray,
-    ops: NoiseSpec,
-    num_classes: int,
-    rng: np.random.Generator,
-    instances: np.ndarray | None = None,
-) -> np.ndarray:
-    """Apply operations in order, each to the previous one's output, all drawing from ``rng`` in turn.
+def apply_noise(mask: np.ndarray, noise: NoiseSpec, num_classes: int, rng: np.random.Generator,
+                instances: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` ``[H, W]`` after the operations of ``noise`` (:func:`parse_noise`), each drawing from ``rng`` in turn.
 
-    Objects are those of the current mask (connected components per class), except that caller-given
-    ``instances`` (e.g. Voronoi cells) serve the object-level ops (drop, flip of objects,
-    jitter_objects) for as long as they still tile the mask: from the first op up to the first one
-    that moves a boundary (boundary, jitter_objects, coarsen, flip of blocks).
-
-    Args:
-        mask: ``[H, W]`` clean labels.
-        ops: operations, or any spec :func:`parse_noise` takes.
-        num_classes: classes that flips draw from.
-        rng: seeded generator.
-        instances: optional ``[H, W]`` object ids of ``mask``.
-
-    Returns:
-        ``[H, W]`` int64 noisy labels, :data:`IGNORE_INDEX` exactly where ``mask`` has it (and
-        where a merge maps a class to it).
+    Returns int64 ``[H, W]``, IGNORE_INDEX where ``mask`` has it (``instances``: the module docstring).
     """
     clean = np.asarray(mask)
     out = clean.astype(np.int64, copy=True)
-    for op in parse_noise(ops):
+    for op in parse_noise(noise):
         out = op(out, num_classes, rng, instances if op.uses_objects else None)
         if not op.keeps_objects():
             instances = None  # the boundaries moved: objects come from the mask from here on
@@ -557,24 +526,113 @@ def apply_noise_ops(
     return out
 
 
-def apply_noise(
-    mask: np.ndarray,
-    noise: NoiseSpec,
-    num_classes: int,
-    rng: np.random.Generator,
-    instances: np.ndarray | None = None,
-) -> np.ndarray:
-    """Apply ``noise``: a :class:`LabelNoise` (drop, flip, boundary, coarsen, merge) or an op list.
-
-    The same as :func:`apply_noise_ops`; this name is what the datasets call.
-    """
-    return apply_noise_ops(mask, noise, num_classes, rng, instances)
-
-
 def noise_rate(noisy: np.ndarray, clean: np.ndarray) -> float:
-    """Realised pixel noise rate: fraction of valid clean pixels whose label changed."""
+    """Realised pixel noise rate: fraction of valid clean pixels whose label changed (0 without any)."""
     valid = np.asarray(clean) != IGNORE_INDEX
-    n = int(valid.sum())
-    if n == 0:
-        return 0.0
-    return float((np.asarray(noisy)[valid] != np.asarray(clean)[valid]).mean())
+    return float((np.asarray(noisy)[valid] != np.asarray(clean)[valid]).mean()) if valid.any() else 0.0
+
+
+# -------------------------------------------------------------------------------- realised noise
+class AgreementCounter:
+    """Accumulate the noisy-vs-clean confusion matrix ``[K, K]`` (rows clean, columns noisy) over masks.
+
+    Args:
+        num_classes: size of the matrix; a label outside ``0..num_classes-1`` is an error. ``None``:
+            the matrix grows to the largest label seen (for previews of unknown datasets).
+
+    Raises:
+        ValueError: ``num_classes < 1``; from :meth:`update`, masks of different shapes or a label
+            outside the classes.
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes={num_classes} must be >= 1")
+        self.num_classes = num_classes
+        # [K, 1 + K], rows clean: column 0 the pixels the noisy mask ignores, column 1 + j noisy label j
+        self.counts = np.zeros((num_classes or 0, (num_classes or 0) + 1), np.int64)
+        self.clean_ignored = 0  # pixels the clean mask ignores (whatever the noisy one says)
+        self.samples = 0
+
+    def update(self, noisy: Any, clean: Any) -> None:
+        """Add one pair of ``[H, W]`` masks (numpy arrays or CPU tensors)."""
+        noisy, clean = np.asarray(noisy).astype(np.int64), np.asarray(clean).astype(np.int64)
+        if noisy.shape != clean.shape:
+            raise ValueError(f"noisy mask {noisy.shape} and clean mask {clean.shape} differ in shape")
+        clean_valid = clean != IGNORE_INDEX  # [H, W]
+        c, n = clean[clean_valid], noisy[clean_valid]  # [P], n holds IGNORE_INDEX where the noisy mask ignores
+        labels = np.concatenate([c, n[n != IGNORE_INDEX]])
+        top, low, k = int(labels.max(initial=-1)), int(labels.min(initial=0)), len(self.counts)
+        if low < 0 or (self.num_classes is not None and top >= k):
+            raise ValueError(f"label {low if low < 0 else top} is outside 0..{k - 1} (num_classes={k}; "
+                             f"ignore is {IGNORE_INDEX})")
+        if top >= k:  # a growing matrix: zero rows and columns for the new labels
+            self.counts, k = np.pad(self.counts, (0, top + 1 - k)), top + 1
+        column = np.where(n == IGNORE_INDEX, 0, n + 1)  # [P]
+        self.counts += np.bincount(c * (k + 1) + column, minlength=k * (k + 1)).reshape(k, k + 1)
+        self.clean_ignored += int((~clean_valid).sum())
+        self.samples += 1
+
+    def result(self) -> dict[str, Any]:
+        """The scores of the module docstring as plain Python values: ``pixels`` (counted), ``agreement``,
+        ``[K]`` lists ``precision``, ``recall``, ``iou`` and ``noisy_ignored_by_class``, ``confusion`` ``[K, K]``
+        as nested lists, ``samples``, ``noisy_ignored`` and ``clean_ignored``."""
+        conf, dropped = self.counts[:, 1:], self.counts[:, 0]  # [K, K] rows clean, columns noisy; [K]
+        diag, clean_total, noisy_total = np.diag(conf).astype(np.float64), conf.sum(1), conf.sum(0)  # [K] each
+        den = np.stack([noisy_total, clean_total, clean_total + noisy_total - diag])  # [3, K]: precision, recall, IoU
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator gives NaN
+            precision, recall, iou = np.where(den > 0, diag / np.maximum(den, 1), np.nan).tolist()
+        pixels = int(conf.sum())
+        return {"pixels": pixels, "agreement": float(diag.sum() / pixels) if pixels else float("nan"),
+                "precision": precision, "recall": recall, "iou": iou, "confusion": conf.tolist(),
+                "samples": self.samples, "noisy_ignored": int(dropped.sum()),
+                "noisy_ignored_by_class": dropped.tolist(), "clean_ignored": self.clean_ignored}
+
+
+def label_agreement(noisy: Any, clean: Any, num_classes: int) -> dict[str, Any]:
+    """How far one noisy ``[H, W]`` mask is from its clean ``[H, W]`` mask: :meth:`AgreementCounter.result` without ``samples``.
+
+    Raises:
+        ValueError: different shapes, or a label outside ``0..num_classes-1``.
+    """
+    counter = AgreementCounter(num_classes)
+    counter.update(noisy, clean)
+    out = counter.result()
+    del out["samples"]
+    return out
+
+
+def dataset_agreement(dataset: Any, num_classes: int | None, max_samples: int | None = None,
+                      progress: bool | None = None) -> dict[str, Any]:
+    """:meth:`AgreementCounter.result` over ``dataset[:max_samples]``; ``progress``: tqdm (``None``: :data:`PROGRESS_FROM`).
+
+    Raises:
+        ValueError: a sample without ``mask`` or ``clean_mask``, or a label outside the classes.
+    """
+    n = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
+    counter = AgreementCounter(num_classes)
+    for i in tqdm(range(n), desc="label agreement", unit="sample", file=sys.stderr,
+                  disable=not (n >= PROGRESS_FROM if progress is None else progress)):
+        s = dataset[i]
+        if MASK not in s or CLEAN_MASK not in s:
+            raise ValueError(f"{type(dataset).__name__}[{i}] has no {[k for k in (MASK, CLEAN_MASK) if k not in s]}: "
+                             f"agreement needs the noisy '{MASK}' and the '{CLEAN_MASK}'")
+        counter.update(s[MASK], s[CLEAN_MASK])
+    return counter.result()
+
+
+def format_agreement(d: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
+    """A few readable lines: overall agreement, then precision / recall / IoU per class."""
+
+    def pct(x: float) -> str:
+        return "    -" if x != x else f"{100 * x:5.1f}"  # NaN: no pixel of the class
+
+    names = [str(class_names[i]) if class_names and i < len(class_names) else f"class {i}" for i in range(len(d["iou"]))]
+    width = max([len(n) for n in names] + [5])
+    where = f" in {d['samples']} sample{'s' * (d['samples'] != 1)}" if "samples" in d else ""
+    ignored = f"; {d['noisy_ignored']:,} clean pixels ignored in the noisy mask" if d.get("noisy_ignored") else ""
+    lines = [f"noisy vs clean labels: {pct(d['agreement']).strip()} % of {d['pixels']:,} pixels agree{where}{ignored}",
+             f"  {'class':<{width}}  precision  recall    IoU   (%)"]
+    for i, name in enumerate(names):
+        lines.append(f"  {name:<{width}}  {pct(d['precision'][i]):>9}  {pct(d['recall'][i]):>6}  {pct(d['iou'][i]):>5}")
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 
 T = TypeVar("T")
 

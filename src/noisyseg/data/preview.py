@@ -11,17 +11,30 @@ instantiated) ``init_args``, the same objects LightningCLI would build.
 Writes ``summary.json`` / ``summary.md`` (per split: samples, sources, class frequencies,
 noisy-pair count, band statistics, the dataset's own ``stats`` and ``normalization``, and for
 datasets with ``mask`` and ``clean_mask`` the realised label noise of
-:mod:`noisyseg.data.noise_report`, also printed), PNG previews
+:mod:`noisyseg.data.label_noise`, also printed), PNG previews
 (RGB from the first three bands with a per-band 2-98 % stretch, mask overlay, pairs side by side)
 and, with ``--write-masks``, every mask as a PNG named after its source.
+
+``noisyseg data noise-report`` (:func:`noise_report_main`) measures the realised label noise of one
+split of a config (:func:`~noisyseg.data.label_noise.dataset_agreement`: noisy ``mask`` vs
+``clean_mask``) and writes the confusion matrix as CSV, as a heatmap PNG (:func:`confusion_figure`)
+and a JSON summary (:func:`write_noise_report`)::
+
+    noisyseg data noise-report --config configs/pretrain/supervised_buildings_noisy.yaml \
+        [--split train] [--samples N] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import io
 import json
+import os
 import sys
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +44,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from noisyseg import config
-from noisyseg.data.noise_report import AgreementCounter, format_agreement
-from noisyseg.data.sample import CHANGE_MASK, CLEAN_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
+from noisyseg.data.cache import InMemory
+from noisyseg.data.label_noise import AgreementCounter, dataset_agreement, format_agreement
+from noisyseg.data.loading import CHANGE_MASK, CLEAN_MASK, IMAGE, IMAGE2, MASK, MASK2, META, NOISY_PAIR
 from noisyseg.runfiles import atomic_write
 
 MASK_KEYS = (MASK, MASK2, CHANGE_MASK)
@@ -260,3 +274,149 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ------------------------------------------------------------------------- noisyseg data noise-report
+def class_names_for(k: int, *candidates: Sequence[str] | None) -> list[str]:
+    """``k`` names from the first candidate list that is given (model's, then dataset's); ids where none."""
+    names = next((list(c) for c in candidates if c), [])
+    return [str(names[i]) if i < len(names) else str(i) for i in range(k)]
+
+
+def row_percent(confusion: Any) -> np.ndarray:
+    """``[K, K]`` counts (rows clean) -> ``[K, K]`` percent of each clean class; a row without pixels is NaN."""
+    conf = np.asarray(confusion, dtype=np.float64)
+    rows = conf.sum(1, keepdims=True)  # [K, 1] pixels per clean class
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(rows > 0, 100 * conf / np.maximum(rows, 1), np.nan)
+
+
+def confusion_figure(confusion: Any, class_names: Sequence[str], path: Path, title: str) -> np.ndarray:
+    """Heatmap PNG of the ``[K, K]`` confusion matrix (rows clean, columns noisy), cells annotated with
+    the row-normalised percentage and the pixel count.
+
+    Returns:
+        The ``[K, K]`` percentages the figure shows (:func:`row_percent`).
+    """
+    from matplotlib.figure import Figure  # a bare Figure: no pyplot, no global backend state
+
+    conf = np.asarray(confusion, dtype=np.int64)
+    pct = row_percent(conf)  # [K, K]
+    k = len(conf)
+    fig = Figure(figsize=(2.2 + 1.1 * max(k, 2), 1.6 + 0.9 * max(k, 2)), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.nan_to_num(pct), cmap="Blues", vmin=0, vmax=100)
+    for i in range(k):
+        for j in range(k):
+            if pct[i, j] == pct[i, j]:  # a row without pixels stays blank
+                ax.text(j, i, f"{pct[i, j]:.1f} %\n{conf[i, j]:,}", ha="center", va="center", fontsize=7,
+                        color="white" if pct[i, j] > 60 else "black")
+    ax.set_xticks(range(k), list(class_names), rotation=30 if k > 4 else 0)
+    ax.set_yticks(range(k), list(class_names))
+    ax.set_xlabel("noisy label")
+    ax.set_ylabel("clean label")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05, label="% of the clean class's pixels")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return pct
+
+
+def write_noise_report(d: dict[str, Any], class_names: Sequence[str], out: Path, title: str,
+                       extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the result of :func:`dataset_agreement` into ``out``.
+
+    * ``confusion.csv`` — pixel counts, a row per clean class, a column per noisy class, and the
+      column ``ignored in noisy`` (clean pixels the noisy mask ignores; not in the matrix);
+    * ``confusion.png`` — :func:`confusion_figure`;
+    * ``noise_report.json`` — ``extra``, ``class_names``, every entry of ``d`` (NaN as ``null``)
+      and ``row_percent`` (the figure's ``[K, K]`` percentages).
+
+    Returns:
+        ``{"csv": path, "png": path, "json": path}``.
+    """
+    out = Path(out)
+    names = [str(n) for n in class_names]
+    conf = np.asarray(d["confusion"], dtype=np.int64)  # [K, K]
+    paths = {"csv": out / "confusion.csv", "png": out / "confusion.png", "json": out / "noise_report.json"}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["clean \\ noisy", *names, "ignored in noisy"])
+    w.writerows([[name, *conf[i].tolist(), d["noisy_ignored_by_class"][i]] for i, name in enumerate(names)])
+    atomic_write(paths["csv"], lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    pct = confusion_figure(conf, names, paths["png"], title)
+    summary = {**(extra or {}), "class_names": names, **d, "row_percent": pct.tolist()}
+    text = json.dumps(_no_nan(summary), indent=1)
+    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(text))
+    return paths
+
+
+@contextlib.contextmanager
+def _run_seed(seed: Any) -> Iterator[None]:
+    """``PL_GLOBAL_SEED`` set to the config's ``seed_everything`` while the datasets are built, so
+    seed-``null`` splits (:class:`~noisyseg.data.TileSplit`) are the ones ``fit`` trains on."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or "PL_GLOBAL_SEED" in os.environ:
+        yield
+        return
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    try:
+        yield
+    finally:
+        del os.environ["PL_GLOBAL_SEED"]
+
+
+def noise_report_main(argv: list[str] | None = None) -> int:
+    """``noisyseg data noise-report``: returns 0, or 2 with a one-line message on bad input."""
+    p = argparse.ArgumentParser(prog="noisyseg data noise-report",
+                                description="realised label noise of one split: noisy mask vs clean_mask")
+    p.add_argument("--config", required=True, help="data config YAML (or a whole LightningCLI config)")
+    p.add_argument("--split", default=None,
+                   help="train | val | test of the data module (default train; a bare dataset config has one)")
+    p.add_argument("--samples", type=int, default=0, help="only the first N samples (0: all)")
+    p.add_argument("--out", default=None, help="output folder (default runs/noise_report/<config name>/<split>)")
+    args = p.parse_args(argv)
+    path, split = Path(args.config), args.split or "train"
+    try:
+        if args.samples < 0:
+            raise PreviewError(f"--samples {args.samples}: expected 0 (all) or a positive count")
+        try:
+            top = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        except yaml.YAMLError:
+            top = {}  # load_splits names the YAML error
+        top = top if isinstance(top, dict) else {}
+        with _run_seed(top.get("seed_everything")):
+            splits = load_splits(path)
+        split = args.split or ("data" if list(splits) == ["data"] else "train")  # a bare dataset: its one split
+        if split not in splits:
+            raise PreviewError(f"{path} has no split '{split}'; it configures {sorted(splits) or 'none'}")
+        ds = splits[split]
+        kind = type(ds.dataset if isinstance(ds, InMemory) else ds).__name__  # data.init_args.cache wraps it
+        if len(ds) == 0:
+            raise PreviewError(f"{path} split '{split}': the dataset {kind} is empty")
+        first = ds[0]
+        if MASK not in first or CLEAN_MASK not in first:
+            raise PreviewError(
+                f"{path} split '{split}': {kind} samples have no "
+                f"'{CLEAN_MASK if MASK in first else MASK}' (keys: {sorted(first)}); a noise report compares "
+                f"the noisy '{MASK}' with the '{CLEAN_MASK}' of the same image (NoisyLabels, ProductLabels or "
+                f"VectorLabels over imagery with clean masks)")
+        model = top.get("model") if isinstance(top.get("model"), dict) else {}
+        model = model.get("init_args") if isinstance(model.get("init_args"), dict) else {}
+        num_classes = model.get("num_classes") or getattr(ds, "num_classes", None)
+        d = dataset_agreement(ds, num_classes, max_samples=args.samples or None, progress=True)
+        names = class_names_for(len(d["confusion"]), model.get("class_names"), getattr(ds, "class_names", None))
+        out = Path(args.out) if args.out else Path("runs/noise_report") / path.stem / split
+        title = f"{path.name}, split {split}\n{100 * d['agreement']:.1f} % of {d['pixels']:,} pixels agree"
+        paths = write_noise_report(d, names, out, title, {"config": str(path), "split": split,
+                                                          "dataset": kind})
+    except PreviewError as err:
+        print(f"noisyseg data noise-report: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # dataset input errors
+        msg = f"{path} split '{split}': {type(err).__name__}: {err}".replace("\n", " ")
+        print(f"noisyseg data noise-report: error: {msg}", file=sys.stderr)
+        return 2
+    print(f"{split}: {format_agreement(d, names)}")
+    if d["clean_ignored"]:
+        print(f"  {d['clean_ignored']:,} pixels ignored in the clean mask (not counted)")
+    print(f"wrote {paths['csv']}, {paths['png']}, {paths['json']}")
+    return 0

@@ -2,10 +2,10 @@
 
 :class:`NoisyLabels` wraps a dataset and returns ``mask`` = noisy, ``clean_mask`` = the truth, with
 the realised pixel noise rate in ``meta["noise_rate"]``. The corruption is
-:func:`noisyseg.data.label_noise.apply_noise_ops`, seeded per ``(seed, index)`` so a sample is the
+:func:`noisyseg.data.label_noise.apply_noise`, seeded per ``(seed, index)`` so a sample is the
 same in every epoch and every worker (the noisy product is a fixed dataset, as in the
 noisy-label segmentation benchmarks of Rolnick et al. 2017 and Song et al. 2022, not fresh noise
-per epoch). :func:`noisyseg.data.noise_report.dataset_agreement` measures the realised noise per class.
+per epoch). :func:`noisyseg.data.label_noise.dataset_agreement` measures the realised noise per class.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from noisyseg.data.label_noise import LabelNoise, NoiseOp, apply_noise_ops, legacy_noise, noise_rate, parse_noise
-from noisyseg.data.sample import CLEAN_MASK, IMAGE, MASK, META, Sample, groups_of, make_sample
+from noisyseg.data.label_noise import LabelNoise, NoiseOp, apply_noise, legacy_noise, noise_rate, parse_noise
+from noisyseg.data.loading import CLEAN_MASK, IMAGE, MASK, META, Sample, groups_of, make_sample
 
 
 class NoisyLabels(Dataset):
@@ -76,7 +76,7 @@ class NoisyLabels(Dataset):
         labels = s[MASK].numpy()  # [H, W] what the noise acts on (already noisy when wrapped twice)
         clean = s[CLEAN_MASK].numpy() if CLEAN_MASK in s else labels  # [H, W] the truth
         rng = np.random.default_rng([self.seed, int(index)])  # deterministic per (seed, index)
-        noisy = apply_noise_ops(labels, self.ops, self.num_classes, rng)
+        noisy = apply_noise(labels, self.ops, self.num_classes, rng)
         meta = dict(s.get(META, {}), noise_rate=noise_rate(noisy, clean))
         extra = {k: v for k, v in s.items() if k not in (IMAGE, MASK, CLEAN_MASK, META)}
         return make_sample(s[IMAGE], noisy, clean_mask=clean, meta=meta, **extra)

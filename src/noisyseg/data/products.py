@@ -23,7 +23,7 @@ from rasterio.warp import reproject, transform_bounds
 from noisyseg.data.georef import GeoLabels, WindowGrid
 from noisyseg.data.io import open_raster
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 
 # ------------------------------------------------------------------------------- class tables
 # Official product codes -> class names. Names match case-insensitively in ``classes``.

@@ -3,7 +3,7 @@
 :class:`RasterSegmentation` pairs every image with its mask (by glob and file key, or by explicit
 lists), cuts large rasters into fixed patches with windowed reads (``rasterio.windows.Window``, so
 memory stays bounded by one patch), remaps mask values from config, turns no-data and unlabelled
-pixels into :data:`~noisyseg.data.sample.IGNORE_INDEX`, and normalises every band with statistics
+pixels into :data:`~noisyseg.data.loading.IGNORE_INDEX`, and normalises every band with statistics
 streamed once over the files and cached as JSON. It covers the layouts of SpaceNet-1 (Van Etten et
 al. 2018, {0,255} masks), Open Cities AI (GFDRR 2020) and the Sentinel-2 Cloud Cover Detection
 Challenge (Radiant Earth 2022, ``<chip>/B02.tif ...``), like torchgeo's ``RasterDataset`` but with
@@ -33,7 +33,7 @@ from noisyseg.data.grid import check_resample, patch_grid, patch_starts, scaled_
 from noisyseg.data.index import TileIndex, encode_paths, pair_by_key, path_stem
 from noisyseg.data.io import (SIDECAR_SUFFIXES, check_real_dtype, find_paths, open_raster, raster_shape,
                               read_scaled, sources_shape, valid_pixels)
-from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample, normalize, pad_to, remap_mask
+from noisyseg.data.loading import IGNORE_INDEX, Sample, make_sample, normalize, pad_to, remap_mask
 from noisyseg.data.stats import band_statistics, load_band_statistics
 from noisyseg.runfiles import write_json
 

@@ -7,7 +7,7 @@ writes it with ``litdata.optimize`` (Lightning-AI/litData) into chunk files of a
 ``chunk_bytes`` each, zstd-compressed, plus litdata's ``index.json`` and noisyseg's
 ``noisyseg_pack.json`` (samples, keys, the source config, the source's ``normalization`` /
 ``num_classes`` / ``class_names``). Every key of the sample contract that the samples hold is
-stored (:mod:`noisyseg.data.sample`): images and masks in the narrowest integer dtype that holds
+stored (:mod:`noisyseg.data.loading`): images and masks in the narrowest integer dtype that holds
 their values exactly (a 4-band uint16 tile is stored as uint16, not float32; other images as
 float32), ``noisy_pair`` as an int, ``meta`` as JSON. Reading back gives the source sample
 exactly: values, dtypes (image float32, masks int64) and meta (JSON turns tuples into lists and
@@ -30,7 +30,7 @@ wraps one, raises a ValueError naming it; stream it from its generator instead.
 contract and builds its own loaders for :class:`~noisyseg.data.DataModule`: training streams with
 litdata's ``StreamingDataLoader`` (shuffled chunk order and items within chunks, from
 ``(seed, epoch)``; every DDP rank gets the same number of samples, ``drop_last``), evaluation reads
-by index with :class:`~noisyseg.data.samplers.UnpaddedDistributedSampler` (every sample scored
+by index with :class:`~noisyseg.data.loading.UnpaddedDistributedSampler` (every sample scored
 once). The loader's ``state_dict`` is saved in Lightning checkpoints, so a run resumed from a
 mid-epoch checkpoint continues the epoch where it stopped.
 """
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from noisyseg.data.sample import (
+from noisyseg.data.loading import (
     CHANGE_MASK,
     CLEAN_MASK,
     IMAGE,
@@ -63,10 +63,11 @@ from noisyseg.data.sample import (
     META,
     NOISY_PAIR,
     Sample,
+    UnpaddedDistributedSampler,
+    default_seed,
 )
-from noisyseg.data.samplers import UnpaddedDistributedSampler, default_seed
-from noisyseg.distributed import is_dist
 from noisyseg.runfiles import write_json
+from noisyseg.runtime import is_dist
 
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # older litdata asks PyPI on every optimize()
 from litdata import StreamingDataLoader, StreamingDataset  # noqa: E402
@@ -529,7 +530,7 @@ class StreamingShards(StreamingDataset):
         Training: a ``StreamingDataLoader`` (shuffled, split across ranks and workers by litdata,
         ``drop_last`` also drops each worker's incomplete last batch). Evaluation: a plain
         ``DataLoader`` over indices in order, under DDP with
-        :class:`~noisyseg.data.samplers.UnpaddedDistributedSampler`.
+        :class:`~noisyseg.data.loading.UnpaddedDistributedSampler`.
 
         Raises:
             ValueError: ``replacement`` or ``num_samples`` (streamed epochs are one pass over the pack).

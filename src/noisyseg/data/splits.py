@@ -37,8 +37,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from noisyseg.data.sample import IMAGE, Sample, groups_of
-from noisyseg.data.samplers import EpochIndex, default_seed
+from noisyseg.data.loading import IMAGE, EpochIndex, Sample, default_seed, groups_of
 from noisyseg.runfiles import write_json
 
 REST = "rest"
@@ -113,7 +112,7 @@ class TileSplit(Dataset):
     """One named split of a dataset in which no tile has samples in two splits.
 
     Samples are grouped by ``meta[group_key]`` (read without pixels where the dataset has
-    ``sources()``, see :func:`~noisyseg.data.sample.groups_of`); whole groups are given to splits by
+    ``sources()``, see :func:`~noisyseg.data.loading.groups_of`); whole groups are given to splits by
     :func:`assign_groups` with the sizes of :func:`split_sizes`. Every ``TileSplit`` built with the
     same dataset, sizes and seed agrees on the assignment, so ``train``, ``few`` and ``test`` can
     be built independently (three YAML entries) and stay disjoint.
@@ -248,7 +247,7 @@ class ConcatSources(Dataset):
 
     Every part must give the same band count and the same normalisation: a network sees one
     input distribution, so give each part the same ``mean`` / ``std`` (or one part's statistics
-    file through ``normalization_from``). Indices carry their epoch into the parts (:meth:`~noisyseg.data.samplers.EpochIndex.carry`).
+    file through ``normalization_from``). Indices carry their epoch into the parts (:meth:`~noisyseg.data.loading.EpochIndex.carry`).
 
     Args:
         datasets: the parts, in order (YAML: a list of nested ``class_path`` entries).

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from noisyseg.data.grid import scaled_size
 from noisyseg.data.io import open_raster, read_scaled, sources_shape, valid_pixels
-from noisyseg.data.sample import IGNORE_INDEX, MASK
+from noisyseg.data.loading import IGNORE_INDEX, MASK
 
 
 def band_statistics(

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from noisyseg.data.grid import patch_grid
 from noisyseg.data.io import find_files, raster_shape, read_window
 from noisyseg.data.pairing import change_from_masks, changed_fraction, undersample
-from noisyseg.data.sample import Sample, make_sample, normalize, pad_to
+from noisyseg.data.loading import Sample, make_sample, normalize, pad_to
 from noisyseg.data.stats import band_statistics
 
 

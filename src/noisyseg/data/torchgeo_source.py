@@ -10,7 +10,7 @@ Two kinds of torchgeo dataset (microsoft/torchgeo, ``torchgeo/datasets/geo.py``)
 
 :class:`TorchGeoSource` wraps either as a map-style dataset returning ``image`` float32
 ``[C, H, W]``, ``mask`` int64 ``[H, W]`` (a ``[1, H, W]`` mask is squeezed; ``remap`` and
-``unlabelled`` as in :func:`~noisyseg.data.sample.remap_mask`, so a class that means "no
+``unlabelled`` as in :func:`~noisyseg.data.loading.remap_mask`, so a class that means "no
 label" becomes :data:`~noisyseg.data.IGNORE_INDEX`) and ``meta`` (index, dataset name, and for
 geo samples the query bounds and CRS). Other keys of the torchgeo sample are dropped. From YAML::
 
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from noisyseg.data.sample import Sample, make_sample, normalize, remap_mask
+from noisyseg.data.loading import Sample, make_sample, normalize, remap_mask
 
 __all__ = ["TorchGeoSource"]
 

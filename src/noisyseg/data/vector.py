@@ -24,7 +24,7 @@ from rasterio.warp import transform_geom
 
 from noisyseg.data.georef import GeoLabels, WindowGrid
 from noisyseg.data.raster import RasterSegmentation
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 GEOJSON_CRS = "EPSG:4326"

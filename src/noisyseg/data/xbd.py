@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from noisyseg.data.grid import check_resample, patch_grid, scaled_size
 from noisyseg.data.io import resize_image
 from noisyseg.data.pairing import undersample
-from noisyseg.data.sample import IGNORE_INDEX, Sample, make_sample, normalize
+from noisyseg.data.loading import IGNORE_INDEX, Sample, make_sample, normalize
 from noisyseg.runfiles import write_json
 
 DAMAGE_CLASSES: dict[str, int] = {

@@ -11,7 +11,7 @@ The chain (all paths inside the run's folder)::
                                       above (null for a random-init arm)
     <run>/done.json                   rows and timings, written atomically last: the completion mark
 
-Each stage is one :func:`noisyseg.lightning_cli.run_config`: its folder holds the ``config.yaml``
+Each stage is one :func:`noisyseg.cli.run_config`: its folder holds the ``config.yaml``
 that ``noisyseg fit --config`` repeats it from, and the ``results.json`` its rows are read from.
 A stage whose output exists (the encoder file plus ``pretrain/results.json``, or a downstream's
 ``results.json``) under an unchanged ``run.yaml`` is not run again, so a run killed half-way
@@ -28,10 +28,9 @@ from typing import Any
 
 import yaml
 
-from noisyseg.checkpoints import read_decoder
+from noisyseg.cli import run_config
 from noisyseg.experiments.spec import RunPlan
-from noisyseg.lightning_cli import read_results, run_config
-from noisyseg.runfiles import atomic_write
+from noisyseg.runfiles import atomic_write, read_decoder, read_results
 
 ENCODER_FILE = "encoder.safetensors"
 DONE_FILE = "done.json"

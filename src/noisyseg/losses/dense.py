@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisyseg.distributed import gather, gather_no_grad, rank
-from noisyseg.runtime import fp32_forward
+from noisyseg.runtime import fp32_forward, gather, gather_no_grad, rank
 
 __all__ = ["CrossImageLoss", "WithinImageLoss", "downsample_labels"]
 

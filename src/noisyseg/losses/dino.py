@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisyseg.distributed import all_reduce_sum, world_size
-from noisyseg.runtime import fp32_forward
+from noisyseg.runtime import all_reduce_sum, fp32_forward, world_size
 
 __all__ = ["DINOLoss"]
 

@@ -18,6 +18,18 @@ Semantic Segmentation of High-Resolution Remote Sensing Image"; GeoX-Lab/FALSE
   triangle, often dozens of pairs) is calibrated, not one.
 * FNCC, confidence calibration: a share ``alpha`` of a false negative's ``exp(s/T)`` moves from
   the negative sum into the positive sum; the denominator keeps it whole.
+
+:func:`fncc_info_nce` computes, from cosines,
+``L_i = -log( (exp(s_i+/T) + a * sum_{j in FN(i)} exp(s_ij/T)) / (exp(s_i+/T) + sum_j exp(s_ij/T)) )``.
+The reference adds ``a*e_j`` to its positive sum and ``(1-a)*e_j`` to its negative sum, so the
+denominator keeps each ``e_j`` whole; ``alpha=0`` or no flag gives plain InfoNCE bit for bit (every
+extra numerator term is ``-inf`` and logsumexp returns the positive logit). Deviation: log-sum-exp
+instead of the reference's raw ``exp()`` sums (overflow at small T).
+
+:class:`InfoNCELoss` takes its negatives from ``queue`` when one is given (MoCo). Without a queue
+they are the other keys of the batch gathered across ranks (N_global - 1 per query; SimCLR/MoCo v3
+style), and gradients flow into ``k`` through the gather; detach ``k`` yourself for a momentum
+encoder.
 """
 
 from __future__ import annotations
@@ -29,8 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisyseg.distributed import gather, rank
-from noisyseg.runtime import fp32_forward
+from noisyseg.runtime import fp32_forward, gather, rank
 
 __all__ = [
     "FALSE_NEGATIVE_MODES",
@@ -54,11 +65,7 @@ def _check_cosine(name: str, value: float) -> None:
 
 def check_contrast_args(temperature: float, false_negative: str, alpha: float, threshold: float,
                         positive_min: float) -> None:
-    """The argument checks InfoNCE and NT-Xent share (temperature, FALSE mode, weight, thresholds).
-
-    Raises:
-        ValueError: naming the value and what is valid.
-    """
+    """Raise ``ValueError``, naming the value and what is valid, for a bad InfoNCE / NT-Xent argument."""
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature={temperature} must be a positive finite number")
     if false_negative not in FALSE_NEGATIVE_MODES:
@@ -158,19 +165,9 @@ def detect_false_negatives(
     return mask
 
 
-def fncc_info_nce(
-    cos_pos: Tensor,
-    cos_neg: Tensor,
-    temperature: float,
-    false_negatives: Tensor | None = None,
-    alpha: float = 1.0,
-) -> Tensor:
-    """InfoNCE from cosines, with FALSE's FNCC on flagged negatives; mean over anchors.
-
-    ``L_i = -log( (exp(s_i+/T) + a * sum_{j in FN(i)} exp(s_ij/T)) / (exp(s_i+/T) + sum_j exp(s_ij/T)) )``
-
-    The reference adds ``a*e_j`` to its positive sum and ``(1-a)*e_j`` to its negative sum, so the
-    denominator keeps each ``e_j`` whole; ``alpha=0`` or no flag gives plain InfoNCE bit for bit.
+def fncc_info_nce(cos_pos: Tensor, cos_neg: Tensor, temperature: float, false_negatives: Tensor | None = None,
+                  alpha: float = 1.0) -> Tensor:
+    """Scalar InfoNCE from cosines, mean over anchors, with FALSE's FNCC on flagged negatives (module docstring).
 
     Args:
         cos_pos: ``[N]`` fp32 cosine of each anchor with its positive.
@@ -178,24 +175,33 @@ def fncc_info_nce(
         temperature: T.
         false_negatives: ``[N, K]`` bool FNSD mask, or ``None``.
         alpha: FNCC confidence weight in ``[0, 1]``.
-
-    Returns:
-        Scalar loss.
     """
     logits = torch.cat([cos_pos[:, None], cos_neg], dim=1) / temperature  # [N, 1+K]
-    log_den = torch.logsumexp(logits, dim=1)  # [N], max-subtracted inside
+    log_den = torch.logsumexp(logits, dim=1)  # [N], max-subtracted inside; unchanged by FNCC
     if false_negatives is None:
         return (log_den - logits[:, 0]).mean()
     log_alpha = math.log(alpha) if alpha > 0 else -math.inf
-    fn_logits = torch.where(
-        false_negatives, logits[:, 1:] + log_alpha, torch.full_like(logits[:, 1:], -math.inf)
-    )  # [N, K]: log(alpha * exp(s_ij/T)) on false negatives, -inf elsewhere
-    # FNCC numerator: exp(s+/T) + alpha * exp(s_fn/T). With alpha=0 (or no FN) every extra term
-    # is -inf and logsumexp returns logits[:, 0] bit for bit.
-    log_num = torch.logsumexp(torch.cat([logits[:, :1], fn_logits], dim=1), dim=1)  # [N]
-    # Denominator unchanged (log_den above), as in the reference. Deviation: log-sum-exp instead
-    # of the reference's raw exp() sums (overflow at small T).
+    # [N, K]: log(alpha * exp(s_ij/T)) on false negatives, -inf elsewhere
+    fn_logits = torch.where(false_negatives, logits[:, 1:] + log_alpha, torch.full_like(logits[:, 1:], -math.inf))
+    log_num = torch.logsumexp(torch.cat([logits[:, :1], fn_logits], dim=1), dim=1)  # [N] exp(s+/T) + a exp(s_fn/T)
     return (log_den - log_num).mean()
+
+
+def _batch_negatives(q: Tensor, k: Tensor) -> Tensor:
+    """Cosines ``[N, W*N-1]`` of each query ``q [N, D]`` with the other keys ``k [N, D]`` of the global batch.
+
+    Raises:
+        ValueError: a global batch of one key.
+    """
+    k_all = gather(k)  # [W*N, D], gradients reach the local shard
+    if k_all.shape[0] < 2:
+        raise ValueError(f"InfoNCELoss without a queue needs at least 2 keys in the global batch, got {len(k_all)}")
+    n = q.shape[0]
+    cos_all = q @ k_all.T  # [N, W*N]
+    own = torch.arange(n, device=q.device) + rank() * n  # [N] column of each positive
+    keep = torch.ones_like(cos_all, dtype=torch.bool)  # [N, W*N]
+    keep[torch.arange(n, device=q.device), own] = False
+    return cos_all[keep].view(n, -1)  # negative logits: Nx(W*N-1)
 
 
 class InfoNCELoss(nn.Module):
@@ -212,10 +218,12 @@ class InfoNCELoss(nn.Module):
     plain InfoNCE exactly. FALSE itself is a SimCLR loss (:class:`~noisyseg.losses.ntxent.NTXentLoss`
     reproduces it); here its FNSD runs on the MoCo layout, where a query has no lower triangle of
     other anchors: ``reference`` searches every negative (see :func:`detect_false_negatives`).
+    Negatives: the rows of ``queue``, or without one the other keys of the global batch (module
+    docstring).
 
-    Negatives are the rows of ``queue`` when one is given (MoCo). Without a queue they are the other
-    keys of the batch gathered across ranks (N_global - 1 per query; SimCLR/MoCo v3 style), and
-    gradients flow into ``k`` through the gather; detach ``k`` yourself for a momentum encoder.
+    ``forward``: queries ``q [N, D]`` (any scale; L2-normalised inside), their positive keys
+    ``k [N, D]`` (row i for query i; L2-normalised inside) and negatives ``queue [K, D]`` (``None``:
+    the other keys of the global batch) -> the mean fp32 loss over the local queries.
 
     Args:
         temperature: softmax temperature T (MoCo v2: 0.2; FALSE config: 0.5).
@@ -229,69 +237,33 @@ class InfoNCELoss(nn.Module):
             thresholds outside ``[-1, 1]``.
     """
 
-    def __init__(
-        self,
-        temperature: float = 0.2,
-        false_negative: FalseNegativeMode = "none",
-        alpha: float = 1.0,
-        threshold: float = 0.9,
-        positive_min: float = 0.9,
-    ) -> None:
+    def __init__(self, temperature: float = 0.2, false_negative: FalseNegativeMode = "none", alpha: float = 1.0,
+                 threshold: float = 0.9, positive_min: float = 0.9) -> None:
         super().__init__()
         check_contrast_args(temperature, false_negative, alpha, threshold, positive_min)
-        self.temperature = float(temperature)
+        self.temperature, self.alpha = float(temperature), float(alpha)
+        self.threshold, self.positive_min = float(threshold), float(positive_min)
         self.false_negative = false_negative
-        self.last_false_negatives = 0
-        self.alpha = float(alpha)
-        self.threshold = float(threshold)
-        self.positive_min = float(positive_min)
+        self.last_false_negatives = 0  # a diagnostic, not an output: negatives FNSD flagged in the last call
 
     @fp32_forward
     def forward(self, q: Tensor, k: Tensor, queue: Tensor | None = None) -> Tensor:
-        """Mean loss over the local queries.
-
-        Args:
-            q: ``[N, D]`` queries (any scale; L2-normalised here).
-            k: ``[N, D]`` positive keys, row i for query i (L2-normalised here).
-            queue: ``[K, D]`` negatives, or ``None`` to use the other keys of the global batch.
-
-        Returns:
-            Scalar fp32 loss.
+        """Mean fp32 loss over the local queries ``q [N, D]`` (arguments: class docstring).
 
         Raises:
             ValueError: mismatched shapes, or no queue and a global batch of one key.
         """
         if q.ndim != 2 or q.shape != k.shape:
-            raise ValueError(
-                f"expected q and k of shape [N, D], got {tuple(q.shape)} and {tuple(k.shape)}"
-            )
+            raise ValueError(f"expected q and k of shape [N, D], got {tuple(q.shape)} and {tuple(k.shape)}")
         if queue is not None and (queue.ndim != 2 or queue.shape[1] != q.shape[1]):
             raise ValueError(f"expected queue [K, {q.shape[1]}], got {tuple(queue.shape)}")
-        n = q.shape[0]
-        q = F.normalize(q, dim=1)  # [N, D]
-        k = F.normalize(k, dim=1)  # [N, D]
+        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)  # [N, D] each
         cos_pos = torch.einsum("nc,nc->n", q, k)  # positive logits: Nx1 (kept as [N] cosines)
-        if queue is not None:
-            negatives = F.normalize(queue.detach(), dim=1)  # [K, D]
-            cos_neg = q @ negatives.T  # negative logits: NxK
-        else:
-            k_all = gather(k)  # [W*N, D], gradients reach the local shard
-            if k_all.shape[0] < 2:
-                raise ValueError(
-                    "InfoNCELoss without a queue needs at least 2 keys in the global batch, "
-                    f"got {k_all.shape[0]}"
-                )
-            cos_all = q @ k_all.T  # [N, W*N]
-            own = torch.arange(n, device=q.device) + rank() * n  # [N] column of each positive
-            keep = torch.ones_like(cos_all, dtype=torch.bool)  # [N, W*N]
-            keep[torch.arange(n, device=q.device), own] = False
-            cos_neg = cos_all[keep].view(n, -1)  # negative logits: Nx(W*N-1)
+        # negative logits: NxK against the queue, or Nx(W*N-1) against the batch's other keys
+        cos_neg = q @ F.normalize(queue.detach(), dim=1).T if queue is not None else _batch_negatives(q, k)
         if self.false_negative == "none":
             return fncc_info_nce(cos_pos, cos_neg, self.temperature)
-        fn = detect_false_negatives(
-            cos_pos.detach(), cos_neg.detach(), self.false_negative,
-            self.threshold, self.positive_min, self.temperature,
-        )  # [N, K]
-        # a diagnostic, not an output: how many negatives FNSD flagged in the last call
+        fn = detect_false_negatives(cos_pos.detach(), cos_neg.detach(), self.false_negative,
+                                    self.threshold, self.positive_min, self.temperature)  # [N, K]
         self.last_false_negatives = int(fn.sum())
         return fncc_info_nce(cos_pos, cos_neg, self.temperature, fn, self.alpha)

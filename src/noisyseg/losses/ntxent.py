@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisyseg.distributed import gather, rank
 from noisyseg.losses.infonce import FalseNegativeMode, check_contrast_args, detect_false_negatives, fncc_info_nce
-from noisyseg.runtime import fp32_forward
+from noisyseg.runtime import fp32_forward, gather, rank
 
 __all__ = ["NTXentLoss"]
 

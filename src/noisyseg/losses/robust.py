@@ -1,7 +1,7 @@
 """Noise-robust pixel losses for segmentation on noisy labels, each combinable with Dice.
 
 Logits ``[B, K, H, W]`` and int64 labels ``[B, H, W]``; pixels labelled ``ignore_index`` (255,
-:data:`~noisyseg.data.sample.IGNORE_INDEX`) contribute nothing, and a batch with no labelled pixel
+:data:`~noisyseg.data.loading.IGNORE_INDEX`) contribute nothing, and a batch with no labelled pixel
 gives 0 with a gradient, not NaN (as :class:`~noisyseg.losses.segmentation.CEDiceLoss`). Computed
 in fp32 even under bf16 autocast (:func:`~noisyseg.runtime.fp32_forward`). Optional ``class_weights``
 weight each pixel by the weight of its label: the loss is ``sum_i w[y_i] l_i / sum_i w[y_i]`` over
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 from noisyseg.runtime import fp32_forward
 
 BOOTSTRAP_MODES = ("soft", "hard")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from noisyseg.data.sample import IGNORE_INDEX
+from noisyseg.data.loading import IGNORE_INDEX
 
 DAMAGE_NAMES = ("no_damage", "minor_damage", "major_damage", "destroyed")
 

@@ -8,6 +8,38 @@
 
 He et al., CVPR 2020, "Momentum Contrast for Unsupervised Visual Representation Learning";
 facebookresearch/moco ``moco/builder.py``.
+
+**Momentum update.** ``m=0`` copies, ``m=1`` keeps the target (both exactly: ``lerp`` hits its end
+points). Buffers (BatchNorm running statistics, counters) are copied from the online network rather
+than averaged. Deviation: MoCo lets the key encoder keep its own BN statistics; copying them makes
+the target's eval-mode statistics those of the network it tracks (BYOL/DINO practice). The cosine
+schedule ``base + (final - base) * (1 - cos(pi * step / total_steps)) / 2`` is the momentum schedule
+of BYOL (Grill et al. 2020) and DINO (facebookresearch/dino ``utils.cosine_scheduler``, whose array
+stops one step short of ``final``; here ``step == total_steps`` returns ``final``).
+
+**Queue.** :class:`KeyQueue` holds a ``[K, D]`` buffer ``queue``, initialised with normalised
+Gaussian vectors, and ``ptr``, the row the next key goes to. :meth:`KeyQueue.enqueue` gathers the
+keys of all ranks first, so every rank holds the same queue. A global batch that does not divide
+``K`` wraps around the end (choice: wrap rather than require ``K % global_batch == 0`` as the
+reference asserts), so the queue always holds the ``K`` most recent keys, oldest at ``ptr``. A
+global batch larger than ``K`` is rejected. lightly's ``MemoryBankModule`` is not used: it truncates
+a batch at the end of the bank instead of wrapping around.
+
+**Shuffling BN.** Under DDP :func:`batch_shuffle` is the reference's cross-process shuffle: gather
+the global batch, permute it with an index drawn on rank 0 and broadcast, and keep this rank's
+slice, so each rank's BN sees a different mix of samples than the query encoder (no gradient
+through the gather; use it on the key encoder's input only). In one process it is a random
+permutation; that alone does not change BN statistics, so the key encoder normalises sub-batches
+separately (:class:`SplitBatchNorm2d`, the MoCo CIFAR demo's ``SplitBatchNorm``): after the
+shuffle, a key is normalised with the statistics of a different sample mix than its query. Only
+the normalisation is split; convolutions and everything else see the whole batch, so the network
+runs once per step instead of once per sub-batch, which measured slower
+(``benchmarks/bench_moco.py`` times the MoCo step, split BatchNorm included; figures in
+``benchmarks/HISTORY.md``). Results equal running the module on each sub-batch
+(:func:`torch.tensor_split`, sizes may differ by one); running statistics get one momentum update
+per sub-batch, in order. A sub-batch needs two samples, so fewer groups are used for a small batch.
+Eval mode is plain BatchNorm. State-dict names are those of :class:`torch.nn.BatchNorm2d`, so
+:func:`momentum_update` and checkpoints pair a split network with a plain one.
 """
 
 from __future__ import annotations
@@ -20,7 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from noisyseg.distributed import gather_no_grad, is_dist, rank, world_size
+from noisyseg.runtime import gather_no_grad, is_dist, rank, world_size
 
 __all__ = [
     "KeyQueue",
@@ -35,42 +67,25 @@ __all__ = [
 
 @torch.no_grad()
 def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
-    """``target <- m * target + (1 - m) * online`` for parameters; buffers are copied.
-
-    ``m=0`` copies, ``m=1`` keeps the target (both exactly: ``lerp`` hits its end points).
-    Buffers (BatchNorm running statistics, counters) are copied from ``online`` rather than
-    averaged. Deviation: MoCo lets the key encoder keep its own BN statistics; copying them makes
-    the target's eval-mode statistics those of the network it tracks (BYOL/DINO practice).
-
-    Args:
-        online: the network trained by gradients.
-        target: the momentum network with the same architecture (parameter names in order).
-        m: momentum in ``[0, 1]``.
+    """``target <- m * target + (1 - m) * online`` for parameters (``m`` in ``[0, 1]``); buffers are copied.
 
     Raises:
-        ValueError: ``m`` outside ``[0, 1]`` or networks with different parameters/buffers.
+        ValueError: ``m`` outside ``[0, 1]`` or networks with different parameter/buffer names.
     """
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum m={m} is outside [0, 1]")
-    online_params = dict(online.named_parameters())
-    target_params = dict(target.named_parameters())
-    online_buffers = dict(online.named_buffers())
-    target_buffers = dict(target.named_buffers())
-    same_params = online_params.keys() == target_params.keys()
-    if not same_params or online_buffers.keys() != target_buffers.keys():
+    online_p, target_p = dict(online.named_parameters()), dict(target.named_parameters())
+    online_b, target_b = dict(online.named_buffers()), dict(target.named_buffers())
+    if online_p.keys() != target_p.keys() or online_b.keys() != target_b.keys():
         raise ValueError("online and target networks differ in parameter or buffer names")
-    for name, p_t in target_params.items():
-        p_t.lerp_(online_params[name].detach(), 1.0 - m)  # p_t + (1 - m) * (p_o - p_t)
-    for name, b_t in target_buffers.items():
-        b_t.copy_(online_buffers[name])
+    for name, p_t in target_p.items():
+        p_t.lerp_(online_p[name], 1.0 - m)  # p_t + (1 - m) * (p_o - p_t)
+    for name, b_t in target_b.items():
+        b_t.copy_(online_b[name])
 
 
 def cosine_schedule(step: int, total_steps: int, base: float, final: float) -> float:
-    """Cosine ramp from ``base`` at step 0 to ``final`` at ``total_steps`` (held afterwards).
-
-    ``base + (final - base) * (1 - cos(pi * step / total_steps)) / 2`` — the momentum schedule of
-    BYOL (Grill et al. 2020) and DINO (facebookresearch/dino ``utils.cosine_scheduler``, whose
-    array stops one step short of ``final``; here ``step == total_steps`` returns ``final``).
+    """Cosine ramp from ``base`` at step 0 to ``final`` at ``total_steps``, held afterwards (module docstring).
 
     Raises:
         ValueError: ``total_steps < 1`` or ``step < 0``.
@@ -84,14 +99,7 @@ def cosine_schedule(step: int, total_steps: int, base: float, final: float) -> f
 
 
 class KeyQueue(nn.Module):
-    """FIFO queue of L2-normalised keys used as negatives (MoCo's dictionary).
-
-    ``queue`` is a ``[K, D]`` buffer initialised with normalised Gaussian vectors and ``ptr`` the
-    row the next key goes to. :meth:`enqueue` gathers the keys of all ranks first, so every rank
-    holds the same queue. A global batch that does not divide ``K`` wraps around the end (choice:
-    wrap rather than require ``K % global_batch == 0`` as the reference asserts), so the queue
-    always holds the ``K`` most recent keys, oldest at ``ptr``. A global batch larger than ``K``
-    is rejected (:meth:`check_batch`).
+    """FIFO queue of L2-normalised keys used as negatives (MoCo's dictionary; see the module docstring).
 
     Args:
         dim: D, key dimension.
@@ -107,35 +115,22 @@ class KeyQueue(nn.Module):
     def __init__(self, dim: int, size: int) -> None:
         super().__init__()
         if dim < 1 or size < 1:
-            raise ValueError(f"KeyQueue needs dim >= 1 and size >= 1, got dim={dim}, size={size}")
-        self.dim = int(dim)
-        self.size = int(size)
+            raise ValueError(f"KeyQueue needs dim >= 1 and size >= 1 (MoCo's out_dim, queue_size), got {dim=}, {size=}")
+        self.dim, self.size = int(dim), int(size)
         self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=1))  # [K, D]
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next row to write
 
     def check_batch(self, batch_size: int, world_size: int = 1) -> None:
-        """Reject a global batch the queue cannot hold.
-
-        Raises:
-            ValueError: ``batch_size * world_size`` is larger than the queue size, or either is < 1.
-        """
+        """Raise ``ValueError`` unless ``batch_size, world_size >= 1`` and the queue holds their product."""
         if batch_size < 1 or world_size < 1:
-            raise ValueError(
-                f"batch_size={batch_size} and world_size={world_size} must both be >= 1"
-            )
-        global_batch = batch_size * world_size
-        if self.size < global_batch:
-            raise ValueError(
-                f"queue size {self.size} is smaller than the global batch: batch_size={batch_size} "
-                f"x world_size={world_size} = {global_batch}; valid: queue size >= {global_batch}"
-            )
+            raise ValueError(f"batch_size={batch_size} and world_size={world_size} must both be >= 1")
+        if self.size < (n := batch_size * world_size):
+            raise ValueError(f"queue size {self.size} is smaller than the global batch: batch_size={batch_size} "
+                             f"x world_size={world_size} = {n}; valid: queue size >= {n}")
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
-        """Gather ``keys`` across ranks and write them at the pointer, wrapping at the end.
-
-        Args:
-            keys: ``[N, D]`` keys of this rank (normalised here, stored without gradients).
+        """Gather ``keys [N, D]`` across ranks, normalise them and write them at the pointer, wrapping at the end.
 
         Raises:
             ValueError: wrong shape, or a global batch larger than the queue.
@@ -143,8 +138,7 @@ class KeyQueue(nn.Module):
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"expected keys [N, {self.dim}], got {tuple(keys.shape)}")
         self.check_batch(keys.shape[0], world_size())
-        keys = gather_no_grad(keys)  # [W*N, D]
-        keys = F.normalize(keys.to(self.queue.dtype), dim=1)  # [W*N, D]
+        keys = F.normalize(gather_no_grad(keys).to(self.queue.dtype), dim=1)  # [W*N, D]
         rows = (self.ptr + torch.arange(keys.shape[0], device=self.ptr.device)) % self.size  # [W*N]
         self.queue.index_copy_(0, rows.to(self.queue.device), keys)  # replace the oldest keys
         self.ptr.fill_((int(self.ptr) + keys.shape[0]) % self.size)  # move pointer
@@ -159,74 +153,38 @@ class KeyQueue(nn.Module):
 
 
 def batch_shuffle(x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Permute a batch before the key encoder (MoCo ``_batch_shuffle_ddp``).
+    """Permute the global batch of ``x [N, ...]`` (this rank's) before the key encoder, without gradient.
 
-    Under DDP this is the reference's cross-process shuffle: gather the global batch, permute it
-    with an index drawn on rank 0 and broadcast, and keep this rank's slice, so each rank's BN
-    sees a different mix of samples than the query encoder (no gradient through the gather; use
-    it on the key encoder's input only). In one process it is a random permutation; that alone
-    does not change BN statistics, so the key encoder normalises sub-batches separately
-    (:class:`SplitBatchNorm2d`).
-
-    Args:
-        x: ``[N, ...]`` the local batch.
-        generator: optional CPU generator for the permutation (rank 0's under DDP).
+    MoCo ``_batch_shuffle_ddp``; ``generator``: an optional CPU generator for the permutation (rank 0's under DDP).
 
     Returns:
-        ``x_shuffled [N, ...]`` and ``idx_unshuffle`` (``[N]`` one process, ``[W*N]`` under DDP)
-        for :func:`batch_unshuffle`.
+        ``x_shuffled [N, ...]`` and ``idx_unshuffle [W*N]`` (``W`` processes) for :func:`batch_unshuffle`.
     """
-    if not is_dist() or world_size() == 1:
-        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)  # [N]
-        return x[perm], torch.argsort(perm)  # [N, ...], [N]
     x_all = gather_no_grad(x)  # [W*N, ...]
-    n_all = x_all.shape[0]
-    idx_shuffle = torch.randperm(n_all, generator=generator).to(x.device)  # [W*N]
-    dist.broadcast(idx_shuffle, src=0)  # every rank uses rank 0's permutation
-    idx_unshuffle = torch.argsort(idx_shuffle)  # [W*N]
+    idx_shuffle = torch.randperm(x_all.shape[0], generator=generator).to(x.device)  # [W*N]
+    if is_dist():
+        dist.broadcast(idx_shuffle, src=0)  # every rank uses rank 0's permutation
     idx_this = idx_shuffle.view(world_size(), -1)[rank()]  # [N] shuffled indices for this rank
-    return x_all[idx_this], idx_unshuffle
+    return x_all[idx_this], torch.argsort(idx_shuffle)
 
 
 def batch_unshuffle(x: Tensor, idx_unshuffle: Tensor) -> Tensor:
-    """Undo :func:`batch_shuffle` on the key encoder's output (MoCo ``_batch_unshuffle_ddp``).
-
-    Args:
-        x: ``[N, ...]`` outputs computed on the shuffled batch.
-        idx_unshuffle: the index returned by :func:`batch_shuffle`.
-
-    Returns:
-        ``[N, ...]`` in the original order of this rank's batch.
+    """Undo :func:`batch_shuffle` on ``x [N, ...]``, the key encoder's output: ``[N, ...]`` in this rank's order.
 
     Raises:
-        ValueError: an index of the wrong length.
+        ValueError: an ``idx_unshuffle`` other than :func:`batch_shuffle`'s (wrong length).
     """
-    w = world_size() if is_dist() else 1
+    w = world_size()
     if idx_unshuffle.shape != (x.shape[0] * w,):
-        raise ValueError(
-            f"idx_unshuffle of shape {tuple(idx_unshuffle.shape)} does not match a batch of "
-            f"{x.shape[0]} on {w} process(es); pass the index batch_shuffle returned"
-        )
-    if w == 1:
-        return x[idx_unshuffle]  # [N, ...]
-    x_all = gather_no_grad(x)  # [W*N, ...]
-    idx_this = idx_unshuffle.view(w, -1)[rank()]  # [N]
-    return x_all[idx_this]
+        raise ValueError(f"idx_unshuffle of shape {tuple(idx_unshuffle.shape)} does not match a batch of "
+                         f"{x.shape[0]} on {w} process(es); pass the index batch_shuffle returned")
+    return gather_no_grad(x)[idx_unshuffle.view(w, -1)[rank()]]  # [W*N, ...] -> [N, ...]
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d that, in train mode, normalises ``groups`` consecutive sub-batches separately.
 
-    The single-device stand-in for MoCo's multi-GPU shuffling BN (the MoCo CIFAR demo's
-    ``SplitBatchNorm``): after :func:`batch_shuffle`, a key is normalised with the statistics of
-    a different sample mix than its query. Only the normalisation is split; convolutions and
-    everything else see the whole batch, so the network runs once per step instead of once per
-    sub-batch, which measured slower (``benchmarks/bench_moco.py`` times the MoCo step, split
-    BatchNorm included; figures in ``benchmarks/HISTORY.md``).
-    Results equal running the module on each sub-batch (:func:`torch.tensor_split`, sizes may
-    differ by one); running statistics get one momentum update per sub-batch, in order. A
-    sub-batch needs two samples, so fewer groups are used for a small batch. Eval mode is plain
-    BatchNorm. State-dict names are those of :class:`torch.nn.BatchNorm2d`.
+    The single-device stand-in for MoCo's multi-GPU shuffling BN (see the module docstring).
     """
 
     def __init__(self, num_features: int, groups: int = 1, **kwargs: Any) -> None:
@@ -247,31 +205,15 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
 
 def split_batchnorm(module: nn.Module, groups: int) -> nn.Module:
-    """Replace every :class:`~torch.nn.BatchNorm2d` in ``module`` by a :class:`SplitBatchNorm2d`.
-
-    In place; parameters and running statistics are carried over and parameter/buffer names are
-    unchanged, so :func:`momentum_update` and checkpoints pair them as before. Returns ``module``.
+    """Make each ``BatchNorm2d`` in ``module`` a :class:`SplitBatchNorm2d` of ``groups`` in place (only the class
+    changes: tensors, frozen flags, names, device and dtype stay); return ``module``.
 
     Raises:
         ValueError: ``groups < 1``.
     """
     if groups < 1:
         raise ValueError(f"groups={groups} must be >= 1")
-    for name, child in list(module.named_children()):
-        if isinstance(child, SplitBatchNorm2d):
-            child.groups = int(groups)
-        elif isinstance(child, nn.BatchNorm2d):
-            like = next((t for t in (child.weight, child.running_mean) if t is not None), None)
-            where = {"device": like.device, "dtype": like.dtype} if like is not None else {}
-            split = SplitBatchNorm2d(
-                child.num_features, groups, eps=child.eps, momentum=child.momentum, affine=child.affine,
-                track_running_stats=child.track_running_stats, **where,
-            )
-            split.load_state_dict(child.state_dict())
-            for pname, p in split.named_parameters(recurse=False):  # a frozen key stays frozen (DDP checks)
-                p.requires_grad_(getattr(child, pname).requires_grad)
-            split.train(child.training)
-            setattr(module, name, split)
-        else:
-            split_batchnorm(child, groups)
+    for bn in module.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.__class__, bn.groups = SplitBatchNorm2d, int(groups)
     return module

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from noisyseg.data.sample import CLEAN_MASK, IMAGE, MASK
+from noisyseg.data.loading import CLEAN_MASK, IMAGE, MASK
 from noisyseg.runfiles import atomic_write
 
 

@@ -14,13 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.data.sample import IGNORE_INDEX, IMAGE, IMAGE2, MASK, MASK2
+from noisyseg.data.loading import IGNORE_INDEX, IMAGE, IMAGE2, MASK, MASK2
 from noisyseg.losses.dense import CrossImageLoss, WithinImageLoss, downsample_labels
-from noisyseg.models.encoders import build_encoder, last_features
-from noisyseg.models.heads import DenseProjection
-from noisyseg.tasks.base import BaseTask
-from noisyseg.tasks.health import RepresentationHealth
-from noisyseg.tasks.links import DATA_LINKS
+from noisyseg.models.networks import DenseProjection, build_encoder, last_features
+from noisyseg.tasks.base import DATA_LINKS, BaseTask, RepresentationHealth
 from noisyseg.transforms.batch import ContrastiveView
 
 DENSE_LOSSES = {"within": WithinImageLoss, "cross": CrossImageLoss}
@@ -46,7 +43,7 @@ class DenseContrastTask(RepresentationHealth, BaseTask):
         encoder: the encoder (stride-ordered feature maps, ``out_channels``); ``None``:
             ``build_encoder(arch, in_channels)``.
         projection_head: ``[B, C, S, S] -> [B, D, S, S]`` on the resized last map; ``None``:
-            :class:`~noisyseg.models.heads.DenseProjection` ``(C, proj_dim, proj_dim)``.
+            :class:`~noisyseg.models.networks.DenseProjection` ``(C, proj_dim, proj_dim)``.
         loss: ``loss(z1, z2 [B, D, S, S], labels1, labels2 [B, S, S]) -> scalar``; ``None``: the
             ``mode``'s loss of :data:`DENSE_LOSSES` from ``temperature``, ``ignore_index`` and
             ``binarize``.

@@ -13,14 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.data.loading import IMAGE, IMAGE2
 from noisyseg.losses.dino import DINOLoss
-from noisyseg.models.encoders import build_encoder
-from noisyseg.models.heads import DINOHead
+from noisyseg.models.networks import DINOHead, build_encoder
 from noisyseg.models.momentum import cosine_schedule, momentum_update
-from noisyseg.tasks.base import BaseTask
-from noisyseg.tasks.health import RepresentationHealth
-from noisyseg.tasks.links import DATA_LINKS
+from noisyseg.tasks.base import DATA_LINKS, BaseTask, RepresentationHealth
 from noisyseg.tasks.moco import EncoderWithHead
 from noisyseg.transforms.batch import ContrastiveView
 
@@ -50,7 +47,7 @@ class DINOTask(RepresentationHealth, BaseTask):
         encoder: the encoder (stride-ordered feature maps, ``out_channels``); ``None``:
             ``build_encoder(arch, in_channels)``.
         head: ``[B, C, h, w] -> [B, K]`` on the encoder's last map; ``None``:
-            :class:`~noisyseg.models.heads.DINOHead` ``(C, out_dim, hidden_dim, bottleneck_dim)``.
+            :class:`~noisyseg.models.networks.DINOHead` ``(C, out_dim, hidden_dim, bottleneck_dim)``.
         loss: ``loss(student [V, B, K], teacher [2, B, K], epoch) -> scalar``; ``None``:
             :class:`~noisyseg.losses.dino.DINOLoss` from ``out_dim`` and the temperatures.
         global_augmentation: ``view(image [B, C, H, W]) -> (view, None)`` of both global views;

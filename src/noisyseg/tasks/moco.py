@@ -5,6 +5,12 @@ facebookresearch/moco ``moco/builder.py``. Positive pairs come from the data: ``
 ``image2`` (a temporal partner, or the noisy partner of a VTS scene — Gerard & Sullivan), each
 augmented independently; a dataset without ``image2`` gives two augmentations of ``image``.
 With ``false_negative`` set, the InfoNCE loss becomes FALSE's (Zhang et al. 2022).
+
+The query and key networks are ``head(encoder(x)[-1])`` with the last map from
+:func:`~noisyseg.models.networks.last_features` (same values, a cheaper stem). A queue left ``None``
+is sized at ``setup`` to the training set (:func:`default_queue_size`): MoCo's 65,536 suits
+ImageNet; a queue longer than a small dataset holds stale copies of the current positives as
+negatives (false negatives by construction).
 """
 
 from __future__ import annotations
@@ -14,23 +20,16 @@ import copy
 import torch
 from torch import nn
 
-from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.data.loading import IMAGE, IMAGE2
 from noisyseg.losses.infonce import InfoNCELoss
-from noisyseg.models.encoders import build_encoder, last_features
-from noisyseg.models.heads import ProjectionMLP
 from noisyseg.models.momentum import KeyQueue, batch_shuffle, batch_unshuffle, momentum_update, split_batchnorm
-from noisyseg.tasks.base import BaseTask
-from noisyseg.tasks.health import RepresentationHealth
-from noisyseg.tasks.links import DATA_LINKS
+from noisyseg.models.networks import ProjectionMLP, build_encoder, last_features
+from noisyseg.tasks.base import DATA_LINKS, BaseTask, RepresentationHealth
 from noisyseg.transforms.batch import ContrastiveView
 
 
 class EncoderWithHead(nn.Module):
-    """``head(encoder(x)[-1])``: the query or key network of MoCo. ``[B,C,H,W] -> [B,D]``.
-
-    The last map comes from :func:`~noisyseg.models.encoders.last_features` (same values, a cheaper
-    stem).
-    """
+    """``head(encoder(x)[-1])``: the query or key network of MoCo. ``[B,C,H,W] -> [B,D]``."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -41,14 +40,8 @@ class EncoderWithHead(nn.Module):
 
 
 def default_queue_size(dataset_len: int, global_batch: int, cap: int = 65536) -> int:
-    """Queue scaled to the dataset: half of it, a multiple of the global batch, within [batch, cap].
-
-    MoCo's 65,536 suits ImageNet; a queue longer than a small dataset holds stale copies of the
-    current positives as negatives (false negatives by construction).
-    """
-    k = min(cap, dataset_len // 2)
-    k = (k // global_batch) * global_batch
-    return max(global_batch, k)
+    """Queue scaled to the dataset: half of it, a multiple of the global batch, within [batch, cap]."""
+    return max(global_batch, min(cap, dataset_len // 2) // global_batch * global_batch)
 
 
 class MoCoTask(RepresentationHealth, BaseTask):
@@ -80,7 +73,7 @@ class MoCoTask(RepresentationHealth, BaseTask):
         encoder: the query encoder (stride-ordered feature maps, ``out_channels``); ``None``:
             ``build_encoder(arch, in_channels)``.
         projection_head: ``[B, C, h, w] -> [B, out_dim]`` on the encoder's last map; ``None``:
-            :class:`~noisyseg.models.heads.ProjectionMLP` ``(C, hidden_dim, out_dim)``.
+            :class:`~noisyseg.models.networks.ProjectionMLP` ``(C, hidden_dim, out_dim)``.
         loss: ``loss(q [B, D], k [B, D], queue [K, D]) -> scalar``; ``None``:
             :class:`~noisyseg.losses.infonce.InfoNCELoss` from ``temperature``, ``false_negative``,
             ``alpha``, ``fn_threshold`` and ``positive_min``.
@@ -93,70 +86,44 @@ class MoCoTask(RepresentationHealth, BaseTask):
     """
 
     def __init__(
-        self,
-        arch: str = "resnet18",
-        in_channels: int = 3,
-        queue_size: int | None = None,
-        temperature: float = 0.2,
-        momentum: float = 0.999,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        key_bn_chunks: int = 4,
-        false_negative: str = "none",
-        alpha: float = 1.0,
-        fn_threshold: float = 0.9,
-        positive_min: float = 0.9,
+        self, arch: str = "resnet18", in_channels: int = 3, queue_size: int | None = None, temperature: float = 0.2,
+        momentum: float = 0.999, hidden_dim: int = 2048, out_dim: int = 128, key_bn_chunks: int = 4,
+        false_negative: str = "none", alpha: float = 1.0, fn_threshold: float = 0.9, positive_min: float = 0.9,
         crop_scale: tuple[float, float] = (0.2, 1.0),
-        lr: float = 0.03,
-        weight_decay: float = 1e-4,
-        optimizer: str = "sgd",
-        warmup_fraction: float = 0.0,
-        channels_last: bool = True,
-        encoder_out: str | None = None,
-        method: str | None = None,
+        lr: float = 0.03, weight_decay: float = 1e-4, optimizer: str = "sgd", warmup_fraction: float = 0.0,
+        channels_last: bool = True, encoder_out: str | None = None, method: str | None = None,
         lr_schedule: str = "warmup_cosine",
-        encoder: nn.Module | None = None,
-        projection_head: nn.Module | None = None,
-        loss: nn.Module | None = None,
-        augmentation: nn.Module | None = None,
-        batch_size: int | None = None,
-        train_size: int | None = None,
+        encoder: nn.Module | None = None, projection_head: nn.Module | None = None, loss: nn.Module | None = None,
+        augmentation: nn.Module | None = None, batch_size: int | None = None, train_size: int | None = None,
         input_normalization: dict[str, list[float]] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
         method = method or ("moco" if false_negative == "none" else f"false-{false_negative}")
-        super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule,
-            input_normalization,
-        )
+        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method,
+                         lr_schedule, input_normalization)
         self.save_hyperparameters(ignore=["encoder", "projection_head", "loss", "augmentation", *DATA_LINKS])
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} is outside [0, 1]")
-        if queue_size is not None and queue_size < 1:
-            raise ValueError(f"queue_size={queue_size} must be >= 1 (or null to scale it to the dataset)")
         if key_bn_chunks < 1:
             raise ValueError(f"key_bn_chunks={key_bn_chunks} must be >= 1")
         self.encoder = encoder if encoder is not None else build_encoder(arch, in_channels)
         if projection_head is None:
             projection_head = ProjectionMLP(self.encoder.out_channels[-1], hidden_dim, out_dim)
         self.query = EncoderWithHead(self.encoder, projection_head)
-        self.key = copy.deepcopy(self.query).requires_grad_(False)  # momentum encoder, never trained by SGD
-        split_batchnorm(self.key, key_bn_chunks)  # same names, so momentum_update pairs them
+        # momentum encoder, never trained by SGD; split BN keeps the names, so momentum_update pairs them
+        self.key = split_batchnorm(copy.deepcopy(self.query).requires_grad_(False), key_bn_chunks)
         if loss is None:
             loss = InfoNCELoss(temperature, false_negative, alpha, fn_threshold, positive_min)
-        self.loss_fn = loss
-        self.momentum, self.out_dim = momentum, out_dim
+        self.loss_fn, self.momentum, self.out_dim = loss, momentum, out_dim
         self.view = augmentation if augmentation is not None else ContrastiveView(scale=tuple(crop_scale))
         self.batch_size, self.train_size = batch_size, train_size
-        self.queue: KeyQueue | None = KeyQueue(out_dim, queue_size) if queue_size else None
+        self.queue: KeyQueue | None = KeyQueue(out_dim, queue_size) if queue_size is not None else None
 
     def setup(self, stage: str) -> None:
-        # the global batch: batch_size on each of the trainer's world_size processes
-        world = int(self.trainer.world_size)
+        world = int(self.trainer.world_size)  # the global batch: batch_size on each of world processes
         if self.queue is None:
             if self.train_size is None or self.batch_size is None:
-                raise ValueError(f"queue_size is null but train_size={self.train_size} and batch_size="
-                                 f"{self.batch_size} do not size it: set queue_size, or give both ('noisyseg fit' "
-                                 "links them from the data module)")
+                raise ValueError(f"queue_size is null but train_size={self.train_size} and batch_size={self.batch_size}"
+                                 " do not size it: set queue_size, or both ('noisyseg fit' links them from the data)")
             self.queue = KeyQueue(self.out_dim, default_queue_size(self.train_size, self.batch_size * world))
         if self.batch_size is not None:
             self.queue.check_batch(self.batch_size, world)

@@ -11,26 +11,31 @@ One task serves both ends of the pipeline:
   network (``full``) or the encoder plus the first UNet decoder blocks from it; ``normalization``
   brings the inputs to the normalisation the encoder was pretrained with.
 
-Validation and test score against ``clean_mask`` when the batch has one (``eval_on_clean``), from a
-confusion matrix accumulated over the whole split.
+Validation and test score against ``clean_mask`` when the batch has one (``eval_on_clean``), from
+one confusion matrix accumulated over the whole split (torchmetrics' ``MulticlassConfusionMatrix``,
+whose ``[K, K]`` state is summed across DDP processes) and scored once by
+:func:`scores_from_confusion`. Averaging IoU per batch would be biased (a small batch with few pixels
+of a class weighs as much as a large one). A class with no pixel in truth nor prediction has an
+undefined IoU and F1 (NaN) and is left out of the macro means, so a split that lacks a class is not
+penalised for it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from noisyseg.checkpoints import EncoderFileError, load_encoder, read_decoder, save_encoder
-from noisyseg.data.sample import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
+from noisyseg.data.loading import CLEAN_MASK, IGNORE_INDEX, IMAGE, MASK
 from noisyseg.data.stats import class_counts
 from noisyseg.losses.segmentation import CEDiceLoss, inverse_frequency_weights
-from noisyseg.metrics.segmentation import ConfusionMatrix, scores_from_confusion
-from noisyseg.models.segmentation import build_segmentation_model
-from noisyseg.tasks.base import BaseTask, batch_sources
-from noisyseg.tasks.links import DATA_LINKS
+from noisyseg.models.networks import build_segmentation_model
+from noisyseg.runfiles import EncoderFileError, load_encoder, read_decoder, save_encoder
+from noisyseg.tasks.base import DATA_LINKS, BaseTask, batch_sources
 from noisyseg.transforms.batch import SEGMENTATION_PRESETS, SegmentationAugment
 
 TRANSFER_MODES = ("auto", "encoder", "full", "decoder_blocks:K")
@@ -39,36 +44,22 @@ TRANSFER_MODES = ("auto", "encoder", "full", "decoder_blocks:K")
 NORMALIZATION_MODES = ("auto", "encoder", "dataset")
 """Which normalisation the network's inputs are in (see :class:`SegmentationTask`)."""
 
-
-def augment_preset(augment: bool | str) -> str:
-    """The :data:`~noisyseg.transforms.batch.SEGMENTATION_PRESETS` name of an ``augment`` option.
-
-    ``True`` is ``"d4_jitter"`` (D4 + band jitter), ``False`` is ``"none"``.
-
-    Raises:
-        ValueError: a name outside the presets (listing them).
-    """
-    if isinstance(augment, bool):
-        return "d4_jitter" if augment else "none"
-    if augment not in SEGMENTATION_PRESETS:
-        raise ValueError(f"augment={augment!r}; valid: true, false or one of {list(SEGMENTATION_PRESETS)}")
-    return augment
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+"""The splits whose batches each Trainer stage sees, for ``normalization`` (``predict`` takes ``train``'s)."""
 
 
-def parse_transfer(transfer: str) -> tuple[str, int]:
-    """``transfer`` option -> ``(mode, blocks)``; ``blocks`` is K for ``"decoder_blocks:K"``, else 0.
-
-    Raises:
-        ValueError: an unknown mode or a K that is not an integer >= 1.
-    """
-    if isinstance(transfer, str) and transfer.startswith("decoder_blocks:"):
-        k = transfer.split(":", 1)[1]
-        if not k.isdigit() or int(k) < 1:
-            raise ValueError(f"transfer={transfer!r}: K in 'decoder_blocks:K' must be an integer >= 1")
-        return "decoder_blocks", int(k)
-    if transfer not in ("auto", "encoder", "full"):
-        raise ValueError(f"transfer={transfer!r}; valid: {list(TRANSFER_MODES)}")
-    return transfer, 0
+def scores_from_confusion(cm: torch.Tensor, class_names: list[str] | None = None) -> dict[str, float]:
+    """``cm`` ``[K, K]`` (rows truth, columns prediction) -> ``{"miou", "f1", "accuracy", "iou/<name>",
+    "f1/<name>"}``; macro means over the classes that occur (NaN for one that never does); names default to 0..K-1."""
+    cm = cm.double()
+    tp = cm.diag()  # K
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp  # K: predicted k with another truth; truth k predicted otherwise
+    iou, f1 = tp / (tp + fp + fn), 2 * tp / (2 * tp + fp + fn)  # K, NaN where the class never occurs
+    out = {"miou": float(torch.nanmean(iou)), "f1": float(torch.nanmean(f1)),
+           "accuracy": float(tp.sum() / cm.sum().clamp_min(1))}
+    for k, name in enumerate(class_names or [str(k) for k in range(cm.shape[0])]):
+        out[f"iou/{name}"], out[f"f1/{name}"] = float(iou[k]), float(f1[k])
+    return out
 
 
 def input_correction(
@@ -108,6 +99,43 @@ def input_correction(
     scale = std_ds / std_enc  # C
     shift = (mean_ds - mean_enc) / std_enc  # C
     return scale.float(), shift.float()
+
+
+def _check_parts(model: nn.Module | None, loss: nn.Module | None, augmentation: nn.Module | None, augment: bool | str,
+                 ce_weight: float, dice_weight: float, class_weights: Any, ignore_index: int) -> None:
+    """Refuse parts handed to :class:`SegmentationTask` that the options beside them contradict.
+
+    Raises:
+        ValueError: a model without ``.encoder``; ``augment`` or a CE + Dice option set beside the
+            part that replaces it; a loss that skips another label than ``ignore_index``.
+    """
+    if model is not None and not isinstance(getattr(model, "encoder", None), nn.Module):
+        raise ValueError(f"model={type(model).__name__} has no .encoder module: the task trains, loads and "
+                         "writes the encoder through it")
+    if augmentation is not None and augment is not True:
+        raise ValueError(f"augment={augment!r} picks a preset but augmentation={type(augmentation).__name__} "
+                         "replaces it: leave augment at its default")
+    if loss is not None and (class_weights is not None or ce_weight != 1.0 or dice_weight != 1.0):
+        raise ValueError(f"ce_weight={ce_weight}, dice_weight={dice_weight} and class_weights={class_weights!r} "
+                         f"configure the built-in CE + Dice, but loss={type(loss).__name__} replaces it: set "
+                         "weights in the loss's init_args (WithDice for Dice) and leave these at their defaults")
+    if loss is not None and getattr(loss, "ignore_index", ignore_index) != ignore_index:
+        raise ValueError(f"loss={type(loss).__name__} skips label {loss.ignore_index} but the task's "
+                         f"ignore_index={ignore_index}: give both the same")
+
+
+def _mask_error(batch: dict, key: str, k: int, ignore_index: int) -> ValueError:
+    """The error for ``batch[key]``: a mask that is not integer, or holds labels outside 0..k-1 and ignore_index."""
+    y = batch[key]  # B x H x W
+    if y.is_floating_point() or y.is_complex():
+        return ValueError(f"batch {key!r} has dtype {y.dtype}; masks must hold integer class ids "
+                          f"(data from {batch_sources(batch)})")
+    bad = ((y < 0) | (y >= k)) & (y != ignore_index)  # B x H x W
+    rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
+    values = sorted(set(y[bad].unique()[:5].tolist()))
+    return ValueError(f"batch {key!r} holds class id(s) {values} but num_classes={k}: valid labels are 0..{k - 1} "
+                      f"and ignore_index={ignore_index}; data from {batch_sources(batch, rows)} (remap the mask "
+                      "values in the dataset, or raise num_classes)")
 
 
 class SegmentationTask(BaseTask):
@@ -172,8 +200,8 @@ class SegmentationTask(BaseTask):
         split_normalization: ``{"train" | "val" | "test": {"mean": [C], "std": [C]} or None}``, the
             normalisation each split's dataset states, for ``normalization`` (``noisyseg fit``
             links it from the data module; ``predict`` uses ``train``'s). ``None``: none stated.
-        **kwargs: :class:`~noisyseg.tasks.base.BaseTask` options (lr, optimizer, lr_schedule,
-            encoder_out, ...).
+        lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, lr_schedule,
+            input_normalization: :class:`~noisyseg.tasks.base.BaseTask` options.
 
     Raises:
         ValueError: for unknown names or bad counts, a ``transfer`` the file cannot serve (no
@@ -183,104 +211,76 @@ class SegmentationTask(BaseTask):
     """
 
     def __init__(
-        self,
-        decoder: str = "unet",
-        arch: str = "resnet18",
-        in_channels: int = 3,
-        num_classes: int = 2,
-        encoder_path: str | None = None,
-        freeze_encoder: bool = False,
-        ce_weight: float = 1.0,
-        dice_weight: float = 1.0,
-        class_weights: list[float] | str | None = None,
-        class_names: list[str] | None = None,
-        ignore_index: int = IGNORE_INDEX,
-        augment: bool | str = True,
-        eval_on_clean: bool = True,
-        method: str = "supervised",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        optimizer: str = "adamw",
-        warmup_fraction: float = 0.05,
-        channels_last: bool = True,
-        encoder_out: str | None = None,
-        lr_schedule: str = "warmup_cosine",
-        transfer: str = "auto",
-        normalization: str = "auto",
-        loss: nn.Module | None = None,
-        encoder_lr_factor: float = 1.0,
-        model: nn.Module | None = None,
-        augmentation: nn.Module | None = None,
+        self, decoder: str = "unet", arch: str = "resnet18", in_channels: int = 3, num_classes: int = 2,
+        encoder_path: str | None = None, freeze_encoder: bool = False,
+        ce_weight: float = 1.0, dice_weight: float = 1.0, class_weights: list[float] | str | None = None,
+        class_names: list[str] | None = None, ignore_index: int = IGNORE_INDEX, augment: bool | str = True,
+        eval_on_clean: bool = True, method: str = "supervised",
+        lr: float = 1e-3, weight_decay: float = 1e-4, optimizer: str = "adamw", warmup_fraction: float = 0.05,
+        channels_last: bool = True, encoder_out: str | None = None, lr_schedule: str = "warmup_cosine",
+        transfer: str = "auto", normalization: str = "auto", loss: nn.Module | None = None,
+        encoder_lr_factor: float = 1.0, model: nn.Module | None = None, augmentation: nn.Module | None = None,
         input_normalization: dict[str, list[float]] | None = None,
         split_normalization: dict[str, dict[str, list[float]] | None] | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut would wrap it)
-        super().__init__(
-            arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method, lr_schedule,
-            input_normalization,
-        )
+        super().__init__(arch, lr, weight_decay, optimizer, warmup_fraction, channels_last, encoder_out, method,
+                         lr_schedule, input_normalization)
         # modules in hparams would break weights-only checkpoint reads; linked values come from the data again
         self.save_hyperparameters(ignore=["loss", "model", "augmentation", *DATA_LINKS])
+        preset = ("d4_jitter" if augment else "none") if isinstance(augment, bool) else augment
+        if preset not in SEGMENTATION_PRESETS:
+            raise ValueError(f"augment={augment!r}; valid: true, false or one of {list(SEGMENTATION_PRESETS)}")
+        if not re.fullmatch(r"auto|encoder|full|decoder_blocks:0*[1-9][0-9]*", str(transfer)):
+            raise ValueError(f"transfer={transfer!r}; valid: {list(TRANSFER_MODES)} with K an integer >= 1")
+        if normalization not in NORMALIZATION_MODES:
+            raise ValueError(f"normalization={normalization!r}; valid: {list(NORMALIZATION_MODES)}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         if isinstance(class_weights, str) and class_weights != "inverse_frequency":
             raise ValueError(f"class_weights={class_weights!r}; use a list, 'inverse_frequency' or null")
-        preset = augment_preset(augment)
-        mode, blocks = parse_transfer(transfer)
-        if normalization not in NORMALIZATION_MODES:
-            raise ValueError(f"normalization={normalization!r}; valid: {list(NORMALIZATION_MODES)}")
-        if model is not None and not isinstance(getattr(model, "encoder", None), nn.Module):
-            raise ValueError(f"model={type(model).__name__} has no .encoder module: the task trains, loads and "
-                             "writes the encoder through it")
-        if augmentation is not None and augment is not True:
-            raise ValueError(f"augment={augment!r} picks a preset but augmentation={type(augmentation).__name__} "
-                             "replaces it: leave augment at its default")
+        if not encoder_lr_factor > 0:
+            raise ValueError(f"encoder_lr_factor={encoder_lr_factor} must be > 0 (freeze_encoder: true stops its training)")
+        if model is not None or loss is not None or augmentation is not None:
+            _check_parts(model, loss, augmentation, augment, ce_weight, dice_weight, class_weights, ignore_index)
         self.model = model if model is not None else build_segmentation_model(decoder, arch, in_channels, num_classes)
         self.encoder = self.model.encoder
         self.encoder_source: dict[str, Any] = {"kind": "random"}
-        self.freeze_encoder = freeze_encoder
         self.transfer_used: str | None = None  # what was started from encoder_path (None: no file)
         self.encoder_normalization: dict[str, Any] | None = None  # recorded in encoder_path
-        if encoder_path:
-            meta = load_encoder(self.encoder, encoder_path, arch)
-            self.encoder_source = {"kind": "noisyseg", "path": str(encoder_path), "trained": meta.get("trained")}
-            self.encoder_normalization = meta.get("normalization")
-            self.transfer_used = self._transfer(str(encoder_path), meta, mode, blocks)
-            self.encoder_source["transfer"] = self.transfer_used
-        elif mode in ("full", "decoder_blocks"):
-            raise ValueError(f"transfer={transfer!r} needs an encoder_path holding a decoder; none was given")
-        if normalization == "encoder" and self.encoder_normalization is None:
-            where = f"encoder file {encoder_path} records none" if encoder_path else "no encoder_path was given"
-            raise ValueError(f"normalization='encoder' needs the encoder file's recorded normalisation, but {where}; "
-                             "use normalization='dataset' (or 'auto')")
-        self.normalization_mode = normalization
-        self.normalization_used: str | None = None  # "encoder" or "dataset", resolved at setup
+        self.normalization_mode, self.normalization_used = normalization, None  # used: "encoder"/"dataset", at setup
         self._input_affine: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # split -> (scale, shift)
+        self.freeze_encoder, self.encoder_lr_factor = freeze_encoder, float(encoder_lr_factor)
+        if encoder_path:
+            self._start_from(str(encoder_path), transfer)
+        elif transfer not in ("auto", "encoder") or normalization == "encoder":
+            what = "normalization='encoder'" if transfer in ("auto", "encoder") else f"transfer={transfer!r}"
+            raise ValueError(f"{what} needs an encoder_path to start from; none was given")
         if freeze_encoder:
             self.encoder.requires_grad_(False)
-        if not encoder_lr_factor > 0:
-            raise ValueError(f"encoder_lr_factor={encoder_lr_factor} must be > 0 (freeze_encoder: true stops its training)")
-        self.encoder_lr_factor = float(encoder_lr_factor)
-        if loss is not None and (class_weights is not None or ce_weight != 1.0 or dice_weight != 1.0):
-            raise ValueError(f"ce_weight={ce_weight}, dice_weight={dice_weight} and class_weights={class_weights!r} "
-                             f"configure the built-in CE + Dice, but loss={type(loss).__name__} replaces it: set "
-                             "weights in the loss's init_args (WithDice for Dice) and leave these at their defaults")
-        if loss is not None and getattr(loss, "ignore_index", ignore_index) != ignore_index:
-            raise ValueError(f"loss={type(loss).__name__} skips label {loss.ignore_index} but the task's "
-                             f"ignore_index={ignore_index}: give both the same")
         weights = class_weights if isinstance(class_weights, list) else None
         self.loss_fn = loss if loss is not None else CEDiceLoss(ce_weight, dice_weight, weights, ignore_index)
+        self.augment = augmentation if augmentation is not None or preset == "none" else SegmentationAugment(preset)
         self.class_names = class_names or [str(k) for k in range(num_classes)]
         self.ignore_index, self.eval_on_clean = ignore_index, eval_on_clean
-        if augmentation is None and preset != "none":
-            augmentation = SegmentationAugment(preset)
-        self.augment = augmentation
         self.split_normalization = dict(split_normalization or {})
-        self.val_cm = ConfusionMatrix(num_classes, ignore_index)
-        self.test_cm = ConfusionMatrix(num_classes, ignore_index)
-        self.test_scores: dict[str, float] = {}
+        self.val_cm = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        self.test_cm = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
         self.val_scores: dict[str, float] = {}
+        self.test_scores: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- transfer
+    def _start_from(self, path: str, transfer: str) -> None:
+        """Load the encoder file at ``path`` and the decoder part ``transfer`` asks for."""
+        meta = load_encoder(self.encoder, path, self.hparams.arch)
+        self.encoder_normalization = meta.get("normalization")
+        if self.normalization_mode == "encoder" and self.encoder_normalization is None:
+            raise ValueError(f"normalization='encoder' needs the encoder file's recorded normalisation, but encoder "
+                             f"file {path} records none; use normalization='dataset' (or 'auto')")
+        mode, _, blocks = transfer.partition(":")
+        self.transfer_used = self._transfer(path, meta, mode, int(blocks or 0))
+        self.encoder_source = {"kind": "noisyseg", "path": path, "trained": meta.get("trained"),
+                               "transfer": self.transfer_used}
+
     def _transfer(self, path: str, meta: dict[str, Any], mode: str, blocks: int) -> str:
         """Load the decoder part ``mode`` asks for (the encoder is loaded); the mode used, logged."""
         decoder, k = self.hparams.decoder, self.hparams.num_classes
@@ -375,10 +375,12 @@ class SegmentationTask(BaseTask):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.normalization_mode == "dataset" or self.encoder_normalization is None:
-            self.normalization_used = "dataset"
-            return
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("predict",))
+        self.normalization_used, self._input_affine = "dataset", {}
+        if self.normalization_mode != "dataset" and self.encoder_normalization is not None:
+            self._map_inputs(STAGE_SPLITS.get(stage, ("predict",)))
+
+    def _map_inputs(self, splits: tuple[str, ...]) -> None:
+        """Map the inputs of ``splits`` to the encoder file's normalisation where all of them state theirs."""
         stated = self._stated_normalizations(splits)
         unstated = [split for split, norm in stated.items() if norm is None]
         path = self.encoder_source.get("path")
@@ -387,8 +389,7 @@ class SegmentationTask(BaseTask):
                              f"but split(s) {', '.join(unstated)} state none (split_normalization="
                              f"{self.split_normalization}; noisyseg fit links it from the datasets' 'normalization' "
                              "mean/std attribute); use normalization='dataset'")
-        if unstated:  # auto
-            self.normalization_used = "dataset"
+        if unstated:  # auto: the inputs stay in the dataset's normalisation
             rank_zero_info(f"normalization='auto': dataset (split(s) {', '.join(unstated)} state no normalisation)")
             return
         self.normalization_used = "encoder"
@@ -397,21 +398,22 @@ class SegmentationTask(BaseTask):
         rank_zero_info(f"normalization={self.normalization_mode!r}: inputs mapped to the encoder file's "
                        f"normalisation {self.encoder_normalization} (from {path})")
 
-    def _batch_split(self) -> str:
+    def _batch_split(self) -> str | None:
         t = self._trainer
-        if t is None or t.training:
+        if t is None:  # no loop: no split to map for
+            return None
+        if t.training:
             return "train"
         if t.validating or t.sanity_checking:
             return "val"
         return "test" if t.testing else "predict"
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if self.normalization_used == "encoder" and self._trainer is not None:
-            affine = self._input_affine.get(self._batch_split())
-            if affine is not None and IMAGE in batch:
-                x = batch[IMAGE]  # B x C x H x W, the dataset's normalisation
-                scale, shift = (t.to(x.device, x.dtype).view(1, -1, 1, 1) for t in affine)  # 1 x C x 1 x 1
-                batch[IMAGE] = torch.addcmul(shift, x, scale)  # the encoder file's normalisation
+        affine = self._input_affine.get(self._batch_split()) if self._input_affine else None  # None: nothing to map
+        if affine is not None and IMAGE in batch:
+            x = batch[IMAGE]  # B x C x H x W, the dataset's normalisation
+            scale, shift = (t.to(x.device, x.dtype).view(1, -1, 1, 1) for t in affine)  # 1 x C x 1 x 1
+            batch[IMAGE] = torch.addcmul(shift, x, scale)  # the encoder file's normalisation
         return super().on_after_batch_transfer(batch, dataloader_idx)  # channels-last
 
     # ----------------------------------------------------------------------------- loop
@@ -437,24 +439,13 @@ class SegmentationTask(BaseTask):
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         batch = super().on_before_batch_transfer(batch, dataloader_idx)  # pixels and band count
-        # a label >= num_classes would end in an index assert deep inside cross_entropy (on CUDA a
-        # device-side assert that kills the process): check on the CPU copy, before the transfer
-        k = self.hparams.num_classes
+        # a label >= num_classes would end in an index assert inside cross_entropy (a fatal device-side one on CUDA)
+        k, ignore = self.hparams.num_classes, self.ignore_index
         for key in (MASK, CLEAN_MASK):
-            y = batch.get(key) if isinstance(batch, dict) else None
-            if not isinstance(y, torch.Tensor):
-                continue
-            if y.is_floating_point() or y.is_complex():
-                raise ValueError(f"batch {key!r} has dtype {y.dtype}; masks must hold integer class ids "
-                                 f"(data from {batch_sources(batch)})")
-            bad = ((y < 0) | (y >= k)) & (y != self.ignore_index)  # B x H x W
-            if bad.any():
-                rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
-                values = sorted(set(y[bad].unique()[:5].tolist()))
-                raise ValueError(f"batch {key!r} holds class id(s) {values} but num_classes={k}: valid labels are "
-                                 f"0..{k - 1} and ignore_index={self.ignore_index}; data from "
-                                 f"{batch_sources(batch, rows)} (remap the mask values in the dataset, or raise "
-                                 f"num_classes)")
+            y = batch.get(key) if isinstance(batch, dict) else None  # B x H x W
+            if isinstance(y, torch.Tensor) and (y.is_floating_point() or y.is_complex()
+                                                or bool((((y < 0) | (y >= k)) & (y != ignore)).any())):
+                raise _mask_error(batch, key, k, ignore)
         return batch
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
@@ -495,7 +486,7 @@ class SegmentationTask(BaseTask):
     def on_test_epoch_end(self) -> None:
         self.test_scores = scores_from_confusion(self.test_cm.compute(), self.class_names)
         self.test_cm.reset()
-        # noisyseg.lightning_cli writes these scores to the run's results.json
+        # noisyseg.cli writes these scores to the run's results.json
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.items()}, sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from noisyseg.data.sample import IMAGE, IMAGE2
+from noisyseg.data.loading import IMAGE, IMAGE2
 from noisyseg.losses.ntxent import NTXentLoss
-from noisyseg.models.encoders import build_encoder
-from noisyseg.models.heads import ProjectionMLP
-from noisyseg.tasks.base import BaseTask
-from noisyseg.tasks.health import RepresentationHealth
-from noisyseg.tasks.links import DATA_LINKS
+from noisyseg.models.networks import ProjectionMLP, build_encoder
+from noisyseg.tasks.base import DATA_LINKS, BaseTask, RepresentationHealth
 from noisyseg.tasks.moco import EncoderWithHead
 from noisyseg.transforms.batch import ContrastiveView
 
@@ -53,7 +50,7 @@ class SimCLRTask(RepresentationHealth, BaseTask):
         encoder: the encoder (stride-ordered feature maps, ``out_channels``); ``None``:
             ``build_encoder(arch, in_channels)``.
         projection_head: ``[B, C, h, w] -> [B, D]`` on the encoder's last map; ``None``:
-            :class:`~noisyseg.models.heads.ProjectionMLP` ``(C, hidden_dim, out_dim)``.
+            :class:`~noisyseg.models.networks.ProjectionMLP` ``(C, hidden_dim, out_dim)``.
         loss: ``loss(z1 [B, D], z2 [B, D]) -> scalar``; ``None``:
             :class:`~noisyseg.losses.ntxent.NTXentLoss` from ``temperature``, ``false_negative``,
             ``alpha``, ``fn_threshold`` and ``positive_min``.

@@ -1,4 +1,4 @@
-"""SmallMapConv2d: the matmul convolution and its gradients equal oneDNN's, and apply only where meant."""
+"""runtime.SmallMapConv2d: the matmul convolution and its gradients equal oneDNN's, and apply only where meant."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from noisyseg.models.encoders import build_encoder
-from noisyseg.models.fast_conv import SmallMapConv2d, _MatmulConv, use_small_map_convs
-from noisyseg.runtime import use_matmul_convs
+from noisyseg.models.networks import build_encoder
+from noisyseg.runtime import SmallMapConv2d, _MatmulConv, use_matmul_convs
+
+
+def small_map(conv: nn.Conv2d) -> SmallMapConv2d:
+    """A copy of ``conv`` made a :class:`SmallMapConv2d` the way :func:`use_matmul_convs` makes a network's."""
+    fast = copy.deepcopy(conv)
+    fast.__class__ = SmallMapConv2d
+    return fast
 
 
 @pytest.mark.parametrize(
@@ -20,8 +26,7 @@ from noisyseg.runtime import use_matmul_convs
 def test_matmul_route_gives_the_gradients_of_the_convolution(cin, cout, kernel, stride, padding, size, bias) -> None:
     torch.manual_seed(0)
     ref = nn.Conv2d(cin, cout, kernel, stride, padding, bias=bias)
-    fast = use_small_map_convs(nn.Sequential(copy.deepcopy(ref)))[0]
-    assert isinstance(fast, SmallMapConv2d)
+    fast = small_map(ref)
     x = torch.randn(3, cin, size, size).contiguous(memory_format=torch.channels_last)
     x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -44,7 +49,7 @@ def test_matmul_route_without_gradients_matches_the_convolution() -> None:
     """The momentum encoder runs under ``no_grad``: its small maps take the matmul forward too."""
     torch.manual_seed(0)
     ref = nn.Conv2d(16, 8, 3, 2, 1)
-    fast = use_small_map_convs(nn.Sequential(copy.deepcopy(ref)))[0]
+    fast = small_map(ref)
     x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert fast._matmul_route(x) is torch.bfloat16
@@ -54,7 +59,7 @@ def test_matmul_route_without_gradients_matches_the_convolution() -> None:
 
 
 def test_matmul_route_is_taken_only_for_tiny_bf16_maps(monkeypatch) -> None:
-    conv = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)))[0]
+    conv = SmallMapConv2d(4, 4, 3, padding=1)
     small, large = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 8, 8)
     assert conv._matmul_route(small) is None  # fp32: oneDNN as is
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -62,8 +67,8 @@ def test_matmul_route_is_taken_only_for_tiny_bf16_maps(monkeypatch) -> None:
         assert conv._matmul_route(large) is None  # 64 output pixels
         with torch.no_grad():
             assert conv._matmul_route(small) is torch.bfloat16  # inference too (the key encoder)
-    dilated = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2)))[0]
-    grouped = use_small_map_convs(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=2)))[0]
+    dilated = SmallMapConv2d(4, 4, 3, padding=2, dilation=2)
+    grouped = SmallMapConv2d(4, 4, 3, padding=1, groups=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dilated._matmul_route(small) is None and grouped._matmul_route(small) is None
     calls = []
@@ -91,7 +96,7 @@ def test_segmentation_models_take_the_route_and_load_into_plain_smp(decoder, mon
     """smp builds its own encoder: the acceleration layer converts the whole model, keeping every state-dict name."""
     import segmentation_models_pytorch as smp
 
-    from noisyseg.models.segmentation import build_segmentation_model
+    from noisyseg.models.networks import build_segmentation_model
 
     model = use_matmul_convs(build_segmentation_model(decoder, "resnet18", 3, 2))
     assert isinstance(model.encoder.layer4[1].conv1, SmallMapConv2d)
