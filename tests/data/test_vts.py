@@ -25,6 +25,16 @@ def test_texture_splits_disjoint_and_cover(source):
     assert len(ids[0]) == round(0.5 * n) and len(ids[1]) == round(0.3 * n)
 
 
+def test_every_split_gets_a_texture_image():
+    # 3 images used to leave val empty (rounded bounds 2, 2, 3); larger banks keep the rounded 0.5/0.3/0.2 bounds
+    for n in range(3, 60):
+        parts = [split_indices(n, s, 1).tolist() for s in SPLITS]
+        assert all(parts), (n, parts)
+        assert sorted(sum(parts, [])) == list(range(n))
+        if n >= 5:
+            assert [len(p) for p in parts] == np.diff([0, *np.round(np.cumsum([0.5, 0.3, 0.2]) * n).astype(int)]).tolist()
+
+
 def test_fewer_texture_images_than_splits_named():
     assert sorted(np.concatenate([split_indices(7, s, 0) for s in SPLITS]).tolist()) == list(range(7))
     with pytest.raises(ValueError, match="need at least 3 texture images to split, got 2"):

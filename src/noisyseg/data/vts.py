@@ -71,7 +71,9 @@ def split_indices(n: int, split: str, seed: int) -> np.ndarray:
     if n < len(SPLITS):
         raise ValueError(f"need at least {len(SPLITS)} texture images to split, got {n}")
     order = np.random.default_rng(seed).permutation(n)
-    bounds = np.maximum(np.round(np.cumsum(SPLIT_FRACTIONS) * n).astype(int), np.arange(1, len(SPLITS) + 1))
+    bounds = np.round(np.cumsum(SPLIT_FRACTIONS) * n).astype(int)
+    for k in range(len(SPLITS) - 1):  # every split keeps at least one image (n = 3 rounds val away)
+        bounds[k] = min(max(bounds[k], (bounds[k - 1] if k else 0) + 1), n - (len(SPLITS) - 1 - k))
     bounds[-1] = n
     k = SPLITS.index(split)
     return np.sort(order[bounds[k - 1] if k else 0 : bounds[k]])
