@@ -42,6 +42,7 @@ subtypes; a checkpoint of another model is one line naming it and the first diff
 from __future__ import annotations
 
 import copy
+import gc
 import importlib
 import pickle
 import sys
@@ -280,6 +281,10 @@ def run_config(
     """
     if subcommand not in SPLIT_OF:
         raise ValueError(f"subcommand {subcommand!r} is not one of {sorted(SPLIT_OF)}")
+    # an earlier in-process run (demo, sweep, analyze) leaves garbage in reference cycles that only
+    # the cycle collector frees; collect it before this run allocates its own (the demo's peak RSS:
+    # benchmarks/bench_memory.py)
+    gc.collect()
     for key in ("model", "data"):
         if key not in cfg:
             raise ValueError(f"config has no {key!r} section")
