@@ -181,7 +181,7 @@ def measure(make, samples: int, limit: float | None = None) -> tuple[float | Non
         _, first = recv.recv()
         _, rate = recv.recv()
         if rate is None:
-            raise RuntimeError(f"only one batch was read; raise --samples or --tiles")
+            raise RuntimeError("only one batch was read; raise --samples or --tiles")
         return rate, first
     except EOFError:
         raise RuntimeError(f"the loader's process died (exit code {child.exitcode}); see its traceback above") from None

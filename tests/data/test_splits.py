@@ -4,7 +4,6 @@ epoch-carrying indices and YAML nesting."""
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 
 import numpy as np

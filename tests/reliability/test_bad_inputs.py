@@ -8,7 +8,6 @@ a warning and a count. Fixtures are written here, seeded, a few KiB each.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -28,7 +28,6 @@ only when it excludes zero, "inconclusive" otherwise (and always with one seed).
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from dataclasses import dataclass, field
