@@ -109,6 +109,45 @@ def test_raster_segmentation_packs_exactly(tmp_path: Path) -> None:
     assert StreamingDataset(str(tmp_path / "p"))[3]["image"].dtype == torch.uint16
 
 
+PACK_AFTER_THREADED_TORCH = """
+import sys, numpy as np, torch
+from torch.utils.data import Dataset
+from noisyseg.data.loading import make_sample
+from noisyseg.data.shards import pack
+
+class Floats(Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):  # 2 x 160 x 160 floats: more than one thread's share of an elementwise op
+        g = np.random.default_rng(i)
+        return make_sample(g.normal(size=(2, 160, 160)).astype(np.float32), g.integers(0, 2, (160, 160)))
+
+torch.set_num_threads(2)
+torch.ones(10**6).abs().sum()  # the parent's OpenMP threads exist now, as in any training script
+print(pack(Floats(), sys.argv[1], chunk_bytes="200KB", num_workers=2, progress=False)["samples"])
+"""
+
+
+def test_pack_after_threaded_torch_does_not_hang(tmp_path: Path) -> None:
+    # GNU OpenMP's threads do not survive fork: a packing process forked from a parent that had run a
+    # threaded torch op waited forever on the first threaded op of its own (the float check of encode_sample)
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", PACK_AFTER_THREADED_TORCH, str(tmp_path / "p")], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    try:
+        out, err = proc.communicate(timeout=90)  # ~10 s when it works
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        subprocess.run(["pkill", "-9", "-f", str(tmp_path / "p")], check=False)  # the packers' own group too
+        proc.communicate()
+        pytest.fail("packing hung after a threaded torch op in the parent")
+    assert proc.returncode == 0, err[-2000:]
+    assert out.split()[-1] == "4"
+
+
 def test_normalisation_on_read(tmp_path: Path) -> None:
     src = AllKeys(n=3)
     pack(src, tmp_path / "p", chunk_bytes="4KB", num_workers=1, progress=False)

@@ -248,6 +248,10 @@ def _pack_child(reader: _Reader, n: int, out: str, chunk_bytes: str, compression
                 workers: int, conn: Any) -> None:
     """Runs ``litdata.optimize`` in its own process group (see :func:`_run_isolated`)."""
     os.setpgid(0, 0)
+    # GNU OpenMP's threads do not survive fork: after the parent ran a threaded torch op, the first
+    # threaded op here (or in litdata's forked workers) would wait on them forever. One thread per
+    # process, as torch's DataLoader workers do; the workers are the parallelism.
+    torch.set_num_threads(1)
     os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(out, ".litdata_cache", "chunks")  # not ~/.lightning:
     os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(out, ".litdata_cache", "data")  # optimize wipes it
     try:
