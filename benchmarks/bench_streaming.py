@@ -16,21 +16,22 @@ loader workers, in one run:
 Reported: samples/s per loader worker (``--workers`` workers; samples after the first batch over
 the time after it), time to first batch (dataset construction, indexing, sampler and the first
 batch: what a user waits for at start-up), pack time and size on disk, and the ratios shards /
-GeoTIFF and shards / torchgeo (for time to first batch and size, lower is better). Per repeat the
-loaders run in the order shards, GeoTIFF (noisyseg), torchgeo, each in its own process; every
-repeat of a loader reads the same samples, so repeat 1 is a first read (from disk with
-``--drop-caches``) and the median of later repeats a re-read from the page cache, both reported. torchgeo opens every file to build its index before the first batch (about
+GeoTIFF and shards / torchgeo (for time to first batch and size, lower is better). The loaders
+run in the order shards, GeoTIFF (noisyseg), torchgeo, each repeat in its own process and a
+loader's repeats back to back; every repeat of a loader reads the same samples, so repeat 1 is a
+first read (from disk with ``--drop-caches``, dropped before each loader's first repeat) and the
+median of later repeats a re-read from the page cache, both reported. The pack is uncompressed
+by default, as ``noisyseg data pack`` writes it (``--compression zstd`` for the compressed one;
+each kind is kept in its own folder). torchgeo opens every file to build its index before the first batch (about
 3 ms per tile pair here) and then reads some 20 samples/s, so its rate is taken over
 ``--torchgeo-samples`` samples, and a loader without a first batch after ``--torchgeo-limit``
 seconds is stopped and reported as taking more than the limit. A complete pack of the same tiles
-is reused and its recorded pack time reported. The files are read from the page cache
-when they fit in memory (12.8 GB of raw pixels at 100,000 tiles, per way of storing them); cold
-reads are not measured here.
+is reused and its recorded pack time reported. Without ``--drop-caches`` a first read comes from
+whatever the page cache holds.
 
-Disk: about 0.1 MB per tile each way, i.e. ~10 GB for the GeoTIFFs and ~10 GB for the shards at
-100,000 tiles (the generated pixels are smooth fields with sensor-like noise, which compress
-little). Tiles are generated once
-into ``--data`` and reused while ``--tiles``/``--seed`` are unchanged; generation is not timed.
+Disk at 100,000 tiles: ~9 GB of GeoTIFFs, ~14 GB of uncompressed shards (~10 GB with zstd; the
+generated pixels are smooth fields with sensor-like noise, which compress little). Tiles are generated once into
+``--data`` and reused while ``--tiles``/``--seed`` are unchanged; generation is not timed.
 
 Run: ``python benchmarks/bench_streaming.py [--tiles 100000] [--workers 2] [--samples 50000] [--drop-caches]``.
 """
@@ -192,7 +193,7 @@ def measure(make, samples: int, limit: float | None = None) -> tuple[float | Non
 
 
 # ------------------------------------------------------------------------------------------- run
-def pack_once(root: Path, shards: Path, tiles: int, jobs: int, compression: str | None = "zstd") -> tuple[dict, bool]:
+def pack_once(root: Path, shards: Path, tiles: int, jobs: int, compression: str | None = None) -> tuple[dict, bool]:
     """Pack the tiles into ``shards`` unless a complete pack of these tiles is there; ``(manifest, packed now)``.
 
     A pack is reused when its manifest counts ``tiles`` samples and is newer than the tiles'
@@ -223,7 +224,7 @@ def drop_page_cache() -> None:
 def run(tiles: int = 100_000, workers: int = 2, samples: int = 50_000, batch: int = 32, repeats: int = 2,
         data: Path | None = None, pack_workers: int | None = None, seed: int = 0,
         torchgeo_samples: int = 2_000, torchgeo_limit: float = 1_200.0, drop_caches: bool = False,
-        compression: str | None = "zstd") -> list[dict]:
+        compression: str | None = None) -> list[dict]:
     """Generate (or reuse) the tiles, pack them (or reuse the pack), time the three loaders; the result rows.
 
     Every repeat of a loader reads the same samples in the same order, so repeat 1 is a first read
@@ -235,7 +236,7 @@ def run(tiles: int = 100_000, workers: int = 2, samples: int = 50_000, batch: in
     common.quiet()
     torch.set_num_threads(1)
     data = data or Path("runs/bench_streaming")
-    root, shards = data / "tiles", data / ("shards" if compression == "zstd" else f"shards-{compression or 'raw'}")
+    root, shards = data / "tiles", data / f"shards-{compression or 'raw'}"
     jobs = pack_workers or len(os.sched_getaffinity(0))
     print(f"streaming: {tiles:,} tiles of {BANDS}x{SIZE}x{SIZE} uint16 in {root}", flush=True)
     made = make_tiles(root, tiles, seed, jobs)
@@ -256,8 +257,10 @@ def run(tiles: int = 100_000, workers: int = 2, samples: int = 50_000, batch: in
     rate: dict[str, list[float | None]] = {k: [] for k in sides}
     first: dict[str, list[float | None]] = {k: [] for k in sides}
     per_worker = max(workers, 1)
-    for r in range(repeats):
-        for name, (make, n, limit) in sides.items():
+    # a loader's repeats run back to back: dropping the cache before the next loader's first read
+    # must not turn this loader's re-read into a read from disk
+    for name, (make, n, limit) in sides.items():
+        for r in range(repeats):
             if drop_caches and r == 0:
                 drop_page_cache()
             s, f = measure(make, n, limit)
@@ -321,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="samples read by torchgeo's loader for its rate (2,000: it reads ~10-20 samples/s)")
     ap.add_argument("--torchgeo-limit", type=float, default=1_200.0,
                     help="seconds torchgeo may take to its first batch before it is stopped (1,200)")
-    ap.add_argument("--compression", default="zstd",
-                    help="the pack's compression: zstd (default), zstd:N or none (larger on disk, no inflating)")
+    ap.add_argument("--compression", default="none",
+                    help="the pack's compression: none (default, as noisyseg data pack), zstd or zstd:N")
     args = ap.parse_args(argv)
     if args.tiles < 2 * args.batch:
         ap.error(f"--tiles {args.tiles} must be at least two batches (2 x --batch {args.batch})")

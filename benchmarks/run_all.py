@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         import bench_memory
 
         rows += bench_memory.run(args.quick)
-    if "streaming" in only:  # 100,000 tiles stored three ways (~10 GB each); --quick: 2,000
+    if "streaming" in only:  # 100,000 tiles stored three ways (9-14 GB each); --quick: 2,000
         import bench_streaming
 
         rows += bench_streaming.run(tiles=2_000 if args.quick else 100_000, repeats=args.repeats or 2)

@@ -64,9 +64,10 @@ def same_sample(a: dict, b: dict) -> None:
             assert torch.equal(a[key], b[key]), key
 
 
-def test_pack_reads_back_every_key_of_every_sample_in_source_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_pack_reads_back_every_key_of_every_sample_in_source_order(tmp_path: Path, compression) -> None:
     src = AllKeys()
-    m = pack(src, tmp_path / "p", chunk_bytes="4KB", num_workers=2, progress=False)
+    m = pack(src, tmp_path / "p", chunk_bytes="4KB", compression=compression, num_workers=2, progress=False)
     shards = StreamingShards(str(tmp_path / "p"), shuffle=False)
     assert len(shards) == len(src) == m["samples"] == 24
     for i in range(len(src)):
@@ -79,6 +80,8 @@ def test_pack_reads_back_every_key_of_every_sample_in_source_order(tmp_path: Pat
         (tmp_path / "p" / "index.json").stat().st_size
     assert shards.normalization == src.normalization and shards.num_classes == 3
     assert not (tmp_path / "p" / PENDING).exists() and not (tmp_path / "p" / ".checkpoints").exists()
+    assert m["compression"] == json.loads((tmp_path / "p" / "index.json").read_text())["config"]["compression"] \
+        == compression
     # stored compactly: the narrowest exact dtype per key
     raw = StreamingDataset(str(tmp_path / "p"))[0]
     assert {k: raw[k].dtype for k in ("image", "image2", "mask", "mask2", "change_mask")} == {
