@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +136,6 @@ print(pack(Floats(), sys.argv[1], chunk_bytes="200KB", num_workers=2, progress=F
 def test_pack_after_threaded_torch_does_not_hang(tmp_path: Path) -> None:
     # GNU OpenMP's threads do not survive fork: a packing process forked from a parent that had run a
     # threaded torch op waited forever on the first threaded op of its own (the float check of encode_sample)
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-c", PACK_AFTER_THREADED_TORCH, str(tmp_path / "p")], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "2"})
