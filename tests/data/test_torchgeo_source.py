@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+import yaml
 from affine import Affine
 
 from noisyseg import config
+from noisyseg.cli import main as cli_main
 from noisyseg.data import IGNORE_INDEX, StreamingShards, TorchGeoSource
 from noisyseg.data.shards import pack
+from noisyseg.runfiles import read_encoder
 
 pytest.importorskip("torchgeo")
 from torchgeo.datasets import IntersectionDataset, NonGeoDataset, RasterDataset  # noqa: E402
@@ -47,18 +50,18 @@ class Scenes(NonGeoDataset):
                 "mask": torch.tensor(g.integers(0, 4, (1, 6, 6))), "name": f"scene{i}"}
 
 
-def write_tiles(root: Path) -> dict[str, list[np.ndarray]]:
-    """Two 16 px tiles side by side (4-band uint16 images, uint8 masks with 9 = unlabelled)."""
+def write_tiles(root: Path, size: int = SIZE) -> dict[str, list[np.ndarray]]:
+    """Two ``size`` px tiles side by side (4-band uint16 images, uint8 masks with 9 = unlabelled)."""
     arrays: dict[str, list[np.ndarray]] = {"img": [], "msk": []}
     for k in range(2):
         g = np.random.default_rng(k)
-        for sub, arr in (("img", g.integers(0, 60000, (4, SIZE, SIZE)).astype(np.uint16)),
-                         ("msk", np.where(g.random((1, SIZE, SIZE)) < 0.2, 9, g.integers(0, 3, (1, SIZE, SIZE)))
+        for sub, arr in (("img", g.integers(0, 60000, (4, size, size)).astype(np.uint16)),
+                         ("msk", np.where(g.random((1, size, size)) < 0.2, 9, g.integers(0, 3, (1, size, size)))
                           .astype(np.uint8))):
             (root / sub).mkdir(parents=True, exist_ok=True)
-            with rasterio.open(root / sub / f"t{k}.tif", "w", driver="GTiff", width=SIZE, height=SIZE,
+            with rasterio.open(root / sub / f"t{k}.tif", "w", driver="GTiff", width=size, height=size,
                                count=arr.shape[0], dtype=arr.dtype.name, crs="EPSG:32633",
-                               transform=Affine(RES, 0, X0 + k * SIZE * RES, 0, -RES, Y0)) as dst:
+                               transform=Affine(RES, 0, X0 + k * size * RES, 0, -RES, Y0)) as dst:
                 dst.write(arr)
             arrays[sub].append(arr)
     return arrays
@@ -138,6 +141,28 @@ def test_torchgeo_source_packs_into_shards(tmp_path: Path) -> None:
     for i in range(len(src)):
         a, b = src[i], shards[i]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]) and a["meta"] == b["meta"]
+
+
+def test_config_naming_torchgeo_datasets_pretrains_through_noisyseg_fit(tmp_path: Path, one_thread) -> None:
+    write_tiles(tmp_path, size=64)
+    source = {"class_path": "noisyseg.data.TorchGeoSource", "init_args": {
+        "dataset": {"class_path": "torchgeo.datasets.IntersectionDataset", "init_args": {
+            "dataset1": {"class_path": "torchgeo.datasets.RasterDataset", "init_args": {"paths": str(tmp_path / "img")}},
+            "dataset2": {"class_path": f"{__name__}.MaskRasters", "init_args": {"paths": str(tmp_path / "msk")}}}},
+        "sampler": "torchgeo.samplers.GridGeoSampler", "sampler_args": {"size": 32, "stride": 32},
+        "unlabelled": 9, "num_classes": 3, "mean": [30000.0] * 4, "std": [17000.0] * 4}}
+    cfg = {"seed_everything": 0,
+           "trainer": {"max_epochs": 1, "default_root_dir": str(tmp_path / "run"), "logger": False,
+                       "enable_progress_bar": False},
+           "model": {"class_path": "noisyseg.tasks.SegmentationTask", "init_args": {
+               "decoder": "unet", "arch": "resnet18", "in_channels": 4, "num_classes": 3,
+               "encoder_out": str(tmp_path / "encoder.safetensors")}},
+           "data": {"class_path": "noisyseg.data.DataModule", "init_args": {"batch_size": 2, "train": source}}}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli_main(["fit", "--config", str(tmp_path / "fit.yaml")]) == 0
+    _, meta = read_encoder(tmp_path / "encoder.safetensors")
+    assert meta["trained"]["steps"] == 4  # two 64 px tiles: 8 windows of 32 px, batches of 2
+    assert meta["normalization"] == {"mean": [30000.0] * 4, "std": [17000.0] * 4}
 
 
 def test_sampler_without_torchgeo_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
