@@ -42,6 +42,7 @@ subtypes; a checkpoint of another model is one line naming it and the first diff
 from __future__ import annotations
 
 import copy
+import contextvars
 import gc
 import importlib
 import pickle
@@ -224,7 +225,11 @@ def _start(argv: list[str], **kwargs: Any) -> NoisysegCLI:
         with warnings.catch_warnings():
             # `python -m noisyseg fit ...` hands sys.argv[1:] over as args: not the mistake it warns of
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            return NoisysegCLI(
+            # in a copy of the context: jsonargparse leaves its last parser in a ContextVar, and
+            # through Lightning's instantiator that parser holds the CLI, its model, trainer and data
+            # after the run (every in-process run of a demo or sweep stayed in memory)
+            return contextvars.copy_context().run(
+                NoisysegCLI,
                 BaseTask, DataModule, subclass_mode_model=True, subclass_mode_data=True, args=argv,
                 trainer_defaults={"enable_model_summary": False, "callbacks": list(kwargs.pop("callbacks", ()))},
                 save_config_callback=kwargs.pop("save_config_callback", RunConfigFile),

@@ -1,4 +1,6 @@
-"""The results record ``results.json`` is strict JSON: an undefined score (NaN) is written as ``null``."""
+"""The results record ``results.json`` is strict JSON: an undefined score (NaN) is written as ``null``.
+
+Also: an in-process run frees its task and data module once the caller drops the record."""
 
 from __future__ import annotations
 
@@ -26,3 +28,16 @@ def test_undefined_scores_are_null(tmp_path, one_thread):
     assert scores["miou"] is None and scores["iou/0"] is None and scores["f1/1"] is None
     assert scores["accuracy"] == 0.0  # finite scores are kept as numbers
     assert set(scores) == set(res["test"])
+
+
+def test_an_in_process_run_leaves_nothing_alive(tmp_path, one_thread):
+    # the demo and sweeps run many configs in one process: a finished run's task and data module
+    # (and through the task its trainer) must be freed once the caller drops the results record
+    import gc
+    import weakref
+
+    res = run_config(tiny_config(tmp_path / "run"), quiet=True)
+    task, data = weakref.ref(res["model"]), weakref.ref(res["datamodule"])
+    del res
+    gc.collect()
+    assert task() is None and data() is None
