@@ -41,8 +41,8 @@ subtypes; a checkpoint of another model is one line naming it and the first diff
 
 from __future__ import annotations
 
-import copy
 import contextvars
+import copy
 import gc
 import importlib
 import pickle
