@@ -214,13 +214,14 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> floa
 
 def environment() -> dict[str, Any]:
     """What the numbers were measured on."""
-    from noisyseg.runtime import auto_precision, cpu_has_fast_bf16, keep_freed_memory
+    from noisyseg.runtime import auto_precision, cpu_has_amx, cpu_has_fast_bf16, keep_freed_memory
 
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "fast_bf16_cpu": cpu_has_fast_bf16(),
+        "amx_cpu": cpu_has_amx(),  # where noisyseg's default switch uses matmul small-map convolutions
         "auto_precision": auto_precision(),
         "malloc_kept": keep_freed_memory(),  # True: noisyseg's settings for both sides
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),

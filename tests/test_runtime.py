@@ -2,7 +2,8 @@
 
 Malloc settings are applied once and can be refused; every task adds the switch to a Trainer that
 has none; ``auto`` gives the trained networks (momentum copies included) matmul small-map
-convolutions on bf16 CPU runs and ``off`` none; exports are unchanged; losses compute in fp32.
+convolutions on bf16 runs on a CPU with AMX, ``on`` on any bf16 CPU run and ``off`` none; exports
+are unchanged; losses compute in fp32.
 """
 
 from __future__ import annotations
@@ -80,21 +81,37 @@ def test_every_task_adds_the_switch_and_it_sets_malloc_when_a_cpu_fit_starts(mon
     assert task.configure_callbacks() == []  # the Trainer's own switch decides
 
 
-def test_switch_modes_and_where_auto_converts() -> None:
-    with pytest.raises(ValueError, match="mode='on'.*'auto', 'off'"):
-        Acceleration("on")
-    auto = Acceleration()
-    assert auto.matmul_convs_apply(stub_trainer())
-    assert auto.matmul_convs_apply(stub_trainer(precision="bf16-true"))
-    assert not auto.matmul_convs_apply(stub_trainer(precision="32-true"))
-    assert not auto.matmul_convs_apply(stub_trainer(device="cuda"))
-    assert not Acceleration("off").matmul_convs_apply(stub_trainer())
-    # a YAML config's unquoted `mode: off` arrives as False
+@pytest.fixture
+def amx(monkeypatch) -> None:
+    """This process runs on a CPU with AMX, where ``auto`` converts."""
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+
+
+def test_switch_modes_and_where_they_convert(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="mode='fast'.*'auto', 'on', 'off'"):
+        Acceleration("fast")
+    auto, on = Acceleration(), Acceleration("on")
+    for has_amx in (True, False):
+        monkeypatch.setattr(runtime, "cpu_has_amx", lambda: has_amx)
+        assert auto.matmul_convs_apply(stub_trainer()) is has_amx  # auto: only where measured faster
+        assert auto.matmul_convs_apply(stub_trainer(precision="bf16-true")) is has_amx
+        assert on.matmul_convs_apply(stub_trainer()) and on.matmul_convs_apply(stub_trainer(precision="bf16-true"))
+        for mode in (auto, on):
+            assert not mode.matmul_convs_apply(stub_trainer(precision="32-true"))
+            assert not mode.matmul_convs_apply(stub_trainer(device="cuda"))
+        assert not Acceleration("off").matmul_convs_apply(stub_trainer())
+    # a YAML config's unquoted `off` / `on` arrive as False / True
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--callbacks", type=list[L.Callback])
-    for value, mode in (("off", "off"), ("'off'", "off"), ("auto", "auto"), ("true", "auto")):
+    for value, mode in (("off", "off"), ("'off'", "off"), ("auto", "auto"), ("on", "on"), ("'on'", "on"), ("true", "on")):
         cfg = parser.parse_string(f"callbacks: [{{class_path: noisyseg.runtime.Acceleration, init_args: {{mode: {value}}}}}]")
         assert parser.instantiate(cfg).callbacks[0].mode == mode, value
+
+
+def test_cpu_flags_are_read_from_the_flags_lines() -> None:
+    text = "processor\t: 0\nmodel name\t: X flags amx_bf16 in a name\nflags\t\t: fpu avx512_bf16 sse\n\nflags\t: fpu\n"
+    assert runtime.cpu_flags(text) == {"fpu", "avx512_bf16", "sse"}  # a flag in the model name is no flag
+    assert runtime.cpu_flags("processor\t: 0\n") == frozenset()
 
 
 @pytest.mark.parametrize("decoder", sorted(DECODERS))
@@ -106,17 +123,17 @@ def test_builders_return_plain_convolutions(decoder) -> None:
 
 def test_conversion_reaches_networks_and_their_momentum_copies_not_heads() -> None:
     dino = DINOTask()
-    Acceleration().setup(stub_trainer(), dino, "fit")
+    Acceleration("on").setup(stub_trainer(), dino, "fit")
     assert convs(dino.teacher) == (0, 20) and convs(dino.student) == (0, 20)
     assert dino.teacher.encoder.layer4[0].conv1 is not dino.student.encoder.layer4[0].conv1  # a copy, converted
     dense = DenseContrastTask()
-    Acceleration().setup(stub_trainer(), dense, "fit")
+    Acceleration("on").setup(stub_trainer(), dense, "fit")
     assert convs(dense.encoder) == (0, 20)
     assert convs(dense) == (2, 20)  # the 1x1-conv projection head keeps torch's convolution
     seg = SegmentationTask(decoder="fcn", num_classes=2)
-    Acceleration().setup(stub_trainer(precision="32-true"), seg, "fit")
+    Acceleration("on").setup(stub_trainer(precision="32-true"), seg, "fit")
     assert convs(seg.model)[1] == 0  # fp32 run: nothing to gain
-    Acceleration().setup(stub_trainer(), seg, "fit")
+    Acceleration("on").setup(stub_trainer(), seg, "fit")
     assert convs(seg.model) == (0, 22)  # FCN: encoder and its head
     assert use_matmul_convs(seg.model) is seg.model and convs(seg.model) == (0, 22)  # again: no change
 
@@ -149,7 +166,7 @@ def matmul_calls(monkeypatch) -> list[bool]:
     return calls
 
 
-def test_auto_trains_moco_with_matmul_convolutions_in_query_and_key(one_thread, matmul_calls) -> None:
+def test_auto_trains_moco_with_matmul_convolutions_in_query_and_key(one_thread, matmul_calls, amx) -> None:
     task = MoCoTask(queue_size=8)
     trainer = fit_bf16(task)
     assert sum(isinstance(cb, Acceleration) for cb in trainer.callbacks) == 1
@@ -165,6 +182,14 @@ def test_off_trains_moco_with_plain_convolutions(one_thread, matmul_calls) -> No
     assert convs(task) == (40, 0) and matmul_calls == []
 
 
+def test_auto_trains_moco_with_plain_convolutions_on_a_cpu_without_amx(one_thread, matmul_calls, monkeypatch) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    task = MoCoTask(queue_size=8)
+    trainer = fit_bf16(task)
+    assert [cb.mode for cb in trainer.callbacks if isinstance(cb, Acceleration)] == ["auto"]
+    assert convs(task) == (40, 0) and matmul_calls == []
+
+
 class LateEncoder(BaseTask):
     """A task that builds its network in ``configure_model``."""
 
@@ -176,7 +201,7 @@ class LateEncoder(BaseTask):
         return self.encoder(batch["image"])[-1].float().mean()
 
 
-def test_networks_built_in_configure_model_are_converted_and_trained(one_thread, matmul_calls) -> None:
+def test_networks_built_in_configure_model_are_converted_and_trained(one_thread, matmul_calls, amx) -> None:
     task = LateEncoder(method="late")
     trainer = fit_bf16(task)
     assert convs(task.encoder) == (0, 20) and True in matmul_calls
@@ -187,7 +212,7 @@ def test_networks_built_in_configure_model_are_converted_and_trained(one_thread,
 def test_export_after_acceleration_has_the_plain_keys_and_values(tmp_path) -> None:
     task = SegmentationTask(decoder="unet", num_classes=2)
     task.export_encoder(str(tmp_path / "plain.safetensors"))
-    Acceleration().setup(stub_trainer(), task, "fit")
+    Acceleration("on").setup(stub_trainer(), task, "fit")
     assert convs(task.encoder) == (0, 20)
     task.export_encoder(str(tmp_path / "fast.safetensors"))
     plain, _ = read_encoder(tmp_path / "plain.safetensors")

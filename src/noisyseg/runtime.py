@@ -16,8 +16,8 @@ module. :func:`gather_no_grad` is MoCo's ``concat_all_gather``; :func:`all_reduc
 center.
 
 **The acceleration layer.** Precision is the Trainer's ``precision``, chosen for the machine; the
-switch :class:`Acceleration` (``mode="auto"``, the default, or ``"off"``) adds what pays off at
-that precision on that device:
+switch :class:`Acceleration` (``mode="auto"``, the default, ``"on"`` or ``"off"``) adds what pays
+off at that precision on that device:
 
 * **precision** — :func:`auto_precision` is the Trainer's default wherever noisyseg builds one
   (``noisyseg fit``, sweeps, the demo): ``bf16-mixed`` on CPUs with AMX or AVX-512-BF16 (oneDNN's
@@ -28,8 +28,8 @@ that precision on that device:
   logits, softmax and similarities are fp32 and the loss is an fp32 scalar. Why: bf16 keeps 8
   significant bits, so a logit of 1/T = 5 moves in steps of 0.03 and a softmax over a few classes
   loses the small probabilities.
-* **matmul convolutions** (switched) — on a CPU run at bf16 precision, the convolutions of the task's
-  networks (:data:`NETWORKS`: smp encoders and segmentation models,
+* **matmul convolutions** (switched) — on a CPU run at bf16 precision on a CPU with AMX (``auto``;
+  ``on``: any CPU), the convolutions of the task's networks (:data:`NETWORKS`: smp encoders and segmentation models,
   :class:`~noisyseg.models.networks.FCN`, their momentum copies included) become
   :class:`SmallMapConv2d` (:func:`use_matmul_convs`). Projection heads keep torch's convolution.
   Parameters (the same tensors, so an optimiser built before holds them still), buffers and
@@ -49,8 +49,10 @@ the steps these settings are for; the measurements behind the rules below are in
 (ResNet layer 4 at 128 px, the size the MoCo and UNet benchmarks train at: 4x4) are slow in all
 three passes, the weight gradient most. The same convolution as ``im2col(x) @ W^T`` (forward),
 ``col2im(grad_y @ W)`` (input gradient) and ``grad_y^T @ im2col(x)`` (weight gradient) is faster
-there; at 8x8 maps the im2col copy competes for memory bandwidth and the matmul loses or breaks
-even, so the limit is 4x4 (:data:`MAX_OUTPUT_PIXELS`). No library offers a switch for it.
+there with AMX; at 8x8 maps the im2col copy competes for memory bandwidth and the matmul loses or
+breaks even, so the limit is 4x4 (:data:`MAX_OUTPUT_PIXELS`). On a CPU with AVX-512-BF16 but no AMX
+the whole MoCo and UNet steps were not faster with them, so ``auto`` leaves them off there. No
+library offers a switch for it.
 :class:`SmallMapConv2d` takes the matmul route only for a call on the CPU, in bfloat16 (autocast
 or bf16 input), with groups 1, no dilation, zero padding and an output of at most
 :data:`MAX_OUTPUT_PIXELS` pixels, with or without gradients (the MoCo key encoder runs under
@@ -160,14 +162,26 @@ def all_reduce_sum(x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- precision
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=2)
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags: the ``flags`` lines of ``cpuinfo`` (read from ``/proc/cpuinfo`` when
+    None; empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    return frozenset(w for ln in cpuinfo.splitlines() if ln.startswith("flags") for w in ln.split(":", 1)[1].split())
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU advertises AMX-BF16 or AVX512-BF16 (read from /proc/cpuinfo on Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """True when the CPU has bf16 matmul units: AMX-BF16 or AVX512-BF16."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX-BF16 tiles (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags()
 
 
 def auto_precision() -> str:
@@ -335,19 +349,21 @@ def keep_freed_memory() -> bool:
 
 # ----------------------------------------------------------------------------- the switch
 
-ACCELERATION_MODES = ("auto", "off")
+ACCELERATION_MODES = ("auto", "on", "off")
 
 
 class Acceleration(L.Callback):
     """The acceleration switch of a run: matmul small-map convolutions and malloc settings.
 
-    ``mode="auto"``: on a run whose root device is the CPU and whose precision is bf16, the
-    task's networks get :func:`use_matmul_convs`; when a fit starts on the CPU,
-    :func:`keep_freed_memory`. ``mode="off"``: neither, the networks stay plain torch modules
-    (precision is the Trainer's own ``precision``).
+    ``mode="auto"``: on a run whose root device is a CPU with AMX and whose precision is bf16, the
+    task's networks get :func:`use_matmul_convs` (measured faster there; on CPUs without AMX they
+    were not, ``benchmarks/HISTORY.md``); when a fit starts on the CPU, :func:`keep_freed_memory`.
+    ``mode="on"``: the same, with matmul convolutions on any CPU at bf16 (to measure them on
+    another CPU). ``mode="off"``: neither, the networks stay plain torch modules (precision is the
+    Trainer's own ``precision``).
 
     Every :class:`~noisyseg.tasks.base.BaseTask` adds ``Acceleration()`` to a Trainer without one,
-    so every way of running a task gets ``auto``. To switch it off, give the Trainer this callback::
+    so every way of running a task gets ``auto``. To choose another mode, give the Trainer this callback::
 
         trainer:
           callbacks:
@@ -360,24 +376,25 @@ class Acceleration(L.Callback):
     is unaffected).
 
     Args:
-        mode: ``"auto"`` or ``"off"``; ``True`` / ``False`` mean the same (YAML reads an unquoted
-            ``off`` as ``false``).
+        mode: ``"auto"``, ``"on"`` or ``"off"``; ``True`` / ``False`` mean ``"on"`` / ``"off"``
+            (YAML reads an unquoted ``on`` as ``true`` and ``off`` as ``false``).
 
     Raises:
         ValueError: any other ``mode``.
     """
 
     def __init__(self, mode: str | bool = "auto") -> None:
-        if isinstance(mode, bool):
-            mode = "auto" if mode else "off"
+        if isinstance(mode, bool):  # YAML's unquoted on/off, true/false
+            mode = "on" if mode else "off"
         if mode not in ACCELERATION_MODES:
             raise ValueError(f"Acceleration mode={mode!r}; valid: {list(ACCELERATION_MODES)}")
         self.mode = mode
 
     def matmul_convs_apply(self, trainer: L.Trainer) -> bool:
-        """Whether this run's networks get matmul convolutions: ``auto``, on the CPU, at bf16."""
+        """Whether this run's networks get matmul convolutions: on the CPU at bf16, ``on``, or ``auto`` with AMX."""
         bf16 = str(trainer.precision).startswith("bf16")
-        return self.mode == "auto" and trainer.strategy.root_device.type == "cpu" and bf16
+        wanted = self.mode == "on" or (self.mode == "auto" and cpu_has_amx())
+        return wanted and trainer.strategy.root_device.type == "cpu" and bf16
 
     def _convert(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str | None = None) -> None:
         if self.matmul_convs_apply(trainer):
@@ -387,7 +404,7 @@ class Acceleration(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._convert(trainer, pl_module)
-        if self.mode == "auto" and trainer.strategy.root_device.type == "cpu":
+        if self.mode != "off" and trainer.strategy.root_device.type == "cpu":
             keep_freed_memory()  # no page faults for re-allocated activations (NOISYSEG_MALLOC=system: off)
 
 
