@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from types import CodeType
 
@@ -35,10 +36,8 @@ def _span(code: CodeType) -> tuple[int, int]:
     return (min(lines, default=code.co_firstlineno), max(lines, default=code.co_firstlineno))
 
 
-def footprint(argv: list[str], package_root: Path) -> dict[str, dict[str, tuple[int, int]]]:
-    """``{file: {qualified name: (first line, last line)}}`` of package functions called while ``argv`` runs."""
-    from noisyseg.cli import main as cli_main
-
+def recorder(package_root: Path) -> tuple[Callable[..., None], dict[CodeType, None]]:
+    """A profile hook and the dict it fills with the code of every function under ``package_root`` that is called."""
     seen: dict[CodeType, None] = {}
     root = str(package_root)
 
@@ -49,6 +48,14 @@ def footprint(argv: list[str], package_root: Path) -> dict[str, dict[str, tuple[
             if code.co_filename.startswith(root) and code.co_flags & inspect.CO_NEWLOCALS:
                 seen[code] = None
 
+    return hook, seen
+
+
+def footprint(argv: list[str], package_root: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """``{file: {qualified name: (first line, last line)}}`` of package functions called while ``argv`` runs."""
+    from noisyseg.cli import main as cli_main
+
+    hook, seen = recorder(package_root)
     sys.setprofile(hook)
     threading.setprofile(hook)
     try:
