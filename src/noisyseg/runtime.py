@@ -73,7 +73,7 @@ step without it.
 
 **Threads.** :func:`set_threads` sets torch's compute threads per process (``--threads``); its
 default, :func:`default_threads`, is ``OMP_NUM_THREADS`` when set (the user's own choice), else the
-physical cores available (:func:`physical_cores`: the CPU affinity, one per (socket, core) pair)
+physical cores available (:func:`physical_cores`: the CPU affinity, one per core)
 shared out over the training processes, at least 1. Hyper-threads share a core's floating-point
 units, so a compute thread per logical CPU gains nothing and two processes of that many threads
 each spin against each other.
@@ -411,26 +411,21 @@ class Acceleration(L.Callback):
 # ----------------------------------------------------------------------------- threads
 
 
-def physical_cores(cpuinfo: str | None = None) -> int:
-    """Physical cores this process may run on: CPU affinity, one per (socket, core) pair.
+def physical_cores(sysfs: str | Path = "/sys/devices/system/cpu") -> int:
+    """Physical cores this process may run on: the CPUs of its affinity, one per core.
 
-    Args:
-        cpuinfo: the text of ``/proc/cpuinfo`` (read when None); where it names no cores
-            (non-Linux), the logical CPUs available are counted instead.
+    Hyper-threads of one core list the same ``cpu<N>/topology/thread_siblings_list`` under
+    ``sysfs`` (Linux; any architecture); a CPU without that file (other systems) counts as a core.
     """
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    if cpuinfo is None:
+
+    def core(cpu: int) -> str:
         try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
+            return Path(sysfs, f"cpu{cpu}", "topology", "thread_siblings_list").read_text().strip()
         except OSError:
-            cpuinfo = ""
-    cores = set()
-    for block in cpuinfo.split("\n\n"):
-        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        if "processor" in fields and "core id" in fields and int(fields["processor"]) in allowed:
-            cores.add((fields.get("physical id", "0"), fields["core id"]))
-    return max(1, len(cores) or len(allowed))
+            return f"cpu {cpu}"
+
+    return max(1, len({core(c) for c in allowed}))
 
 
 THREADS_ENV = "OMP_NUM_THREADS"

@@ -11,18 +11,18 @@ from conftest import tiny_config, write_config
 from noisyseg.cli import run_config
 from noisyseg.experiments.sweep import run_sweep
 
-# two sockets' worth of a 2-core, 2-way hyper-threaded CPU: logical 0/2 share core 0, 1/3 core 1
-CPUINFO = "\n\n".join(f"processor\t: {p}\nphysical id\t: 0\ncore id\t\t: {c}" for p, c in
-                      [(0, 0), (1, 1), (2, 0), (3, 1)])
-
-
-def test_physical_cores_counts_cores_not_hyperthreads_within_the_affinity(monkeypatch):
+def test_physical_cores_counts_cores_not_hyperthreads_within_the_affinity(monkeypatch, tmp_path):
+    # sysfs of two sockets with a 2-way hyper-threaded core each: CPUs 0/2 share a core, 1/3 another
+    for cpu, siblings in ((0, "0,2"), (1, "1,3"), (2, "0,2"), (3, "1,3")):
+        (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert runtime.physical_cores(CPUINFO) == 2
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 2})  # two siblings of core 0
-    assert runtime.physical_cores(CPUINFO) == 1
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    assert runtime.physical_cores("") == 3  # no core ids (non-Linux): the logical CPUs allowed
+    assert runtime.physical_cores(tmp_path) == 2
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 2})  # two siblings of one core
+    assert runtime.physical_cores(tmp_path) == 1
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 4, 5})  # 4, 5: no topology files
+    assert runtime.physical_cores(tmp_path) == 3
+    assert runtime.physical_cores(tmp_path / "absent") == 3  # no sysfs (other systems): the CPUs allowed
 
 
 def test_default_threads_shares_cores_over_processes_and_respects_omp_num_threads(monkeypatch):
