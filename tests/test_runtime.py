@@ -77,6 +77,8 @@ def test_every_task_adds_the_switch_and_it_sets_malloc_when_a_cpu_fit_starts(mon
     assert calls == [1]
     Acceleration("off").on_fit_start(stub_trainer(), task)
     assert calls == [1]
+    Acceleration("on").on_fit_start(stub_trainer(), task)
+    assert calls == [1, 1]
     task._trainer = stub_trainer(callbacks=[Acceleration("off")])
     assert task.configure_callbacks() == []  # the Trainer's own switch decides
 

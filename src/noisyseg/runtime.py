@@ -29,8 +29,8 @@ off at that precision on that device:
   significant bits, so a logit of 1/T = 5 moves in steps of 0.03 and a softmax over a few classes
   loses the small probabilities.
 * **matmul convolutions** (switched) — on a CPU run at bf16 precision on a CPU with AMX (``auto``;
-  ``on``: any CPU), the convolutions of the task's networks (:data:`NETWORKS`: smp encoders and segmentation models,
-  :class:`~noisyseg.models.networks.FCN`, their momentum copies included) become
+  ``on``: any CPU), the convolutions of the task's networks (:data:`NETWORKS`: smp encoders and
+  segmentation models, :class:`~noisyseg.models.networks.FCN`, their momentum copies included) become
   :class:`SmallMapConv2d` (:func:`use_matmul_convs`). Projection heads keep torch's convolution.
   Parameters (the same tensors, so an optimiser built before holds them still), buffers and
   state-dict names do not change, so checkpoints and exported encoder files are the same with and
